@@ -1,0 +1,271 @@
+"""The feature contract: one declaration of the data set that every consumer derives from.
+
+A contract file (``configs/contracts/<name>.yaml``) declares the sources and their typed
+columns, the entity key, the snapshot and label definitions, and each feature with its type,
+allowed range or categories, missing-value policy and how it is derived. Spark casts, the gold
+Delta schema, the XGBoost feature types and the API's request model are all computed here, so a
+new data set is a new contract file, not new code.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SourceType = Literal["string", "int", "double", "date", "timestamp", "boolean"]
+FeatureType = Literal["numeric", "categorical", "boolean"]
+MissingPolicy = Literal["impute", "flag", "reject"]
+
+SPARK_SOURCE_TYPES: dict[str, str] = {
+    "string": "string",
+    "int": "bigint",
+    "double": "double",
+    "date": "date",
+    "timestamp": "timestamp",
+    "boolean": "boolean",
+}
+SPARK_FEATURE_TYPES: dict[str, str] = {
+    "numeric": "double",
+    "categorical": "string",
+    "boolean": "boolean",
+}
+ARROW_FEATURE_TYPES: dict[str, pa.DataType] = {
+    "numeric": pa.float64(),
+    "categorical": pa.string(),
+    "boolean": pa.bool_(),
+}
+# XGBoost names: "float" quantitative, "c" categorical (codes), "i" indicator (0/1).
+XGBOOST_FEATURE_TYPES: dict[str, str] = {"numeric": "float", "categorical": "c", "boolean": "i"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceSpec(_Strict):
+    """One raw source: where its files are, its format, identity and typed columns."""
+
+    format: Literal["parquet", "csv", "jsonl", "json_pages"]
+    path: str
+    role: Literal["entity", "events"]
+    key: list[str] = Field(min_length=1)
+    event_time: str | None = None
+    order_by: str | None = None
+    records_field: str = "records"
+    columns: dict[str, SourceType]
+
+    @model_validator(mode="after")
+    def _columns_cover_identity(self) -> SourceSpec:
+        named = [*self.key, *(c for c in (self.event_time, self.order_by) if c)]
+        missing = [c for c in named if c not in self.columns]
+        if missing:
+            raise ValueError(f"key/event_time/order_by columns not declared: {missing}")
+        if self.role == "events" and not self.event_time:
+            raise ValueError("an events source needs event_time")
+        return self
+
+
+class Aggregate(_Strict):
+    """Conditional aggregation of an events source over a window before the snapshot."""
+
+    source: str
+    fn: Literal["count", "sum", "avg", "max", "min"]
+    value: str | None = None
+    filter: str | None = None
+    window_days: int | None = Field(None, ge=1)
+    default: float | None = None
+
+
+class Recency(_Strict):
+    """Days from the last matching event before the snapshot to the snapshot."""
+
+    source: str
+    filter: str | None = None
+
+
+class Derivation(_Strict):
+    """Exactly one way to compute a feature."""
+
+    column: str | None = None
+    sql: str | None = None
+    aggregate: Aggregate | None = None
+    recency: Recency | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Derivation:
+        given = [
+            k for k in ("column", "sql", "aggregate", "recency") if getattr(self, k) is not None
+        ]
+        if len(given) != 1:
+            raise ValueError(
+                f"derive needs exactly one of column/sql/aggregate/recency, got {given}"
+            )
+        return self
+
+
+class FeatureSpec(_Strict):
+    """One model feature: type, allowed values, missing-value policy and derivation."""
+
+    name: str
+    type: FeatureType
+    description: str = ""
+    range: tuple[float, float] | None = None
+    categories: list[str] | None = None
+    missing: MissingPolicy = "flag"
+    impute_value: float | str | bool | None = None
+    derive: Derivation
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FeatureSpec:
+        if self.type == "categorical" and not self.categories:
+            raise ValueError(f"{self.name}: a categorical feature needs categories")
+        if self.type != "categorical" and self.categories:
+            raise ValueError(f"{self.name}: only categorical features have categories")
+        if self.range and self.range[0] > self.range[1]:
+            raise ValueError(f"{self.name}: range min {self.range[0]} > max {self.range[1]}")
+        if self.missing == "impute" and self.impute_value is None:
+            raise ValueError(f"{self.name}: missing=impute needs impute_value")
+        imputed_category = self.type == "categorical" and self.missing == "impute"
+        if imputed_category and str(self.impute_value) not in (self.categories or []):
+            raise ValueError(f"{self.name}: impute_value must be one of its categories")
+        return self
+
+    @property
+    def spark_type(self) -> str:
+        """Spark SQL type of this feature in the gold table."""
+        return SPARK_FEATURE_TYPES[self.type]
+
+    @property
+    def xgboost_type(self) -> str:
+        """XGBoost feature type of this feature."""
+        return XGBOOST_FEATURE_TYPES[self.type]
+
+
+class SnapshotSpec(_Strict):
+    """Point-in-time definition: features use events before each date, labels the horizon after."""
+
+    column: str = "snapshot_date"
+    dates: list[date] = Field(min_length=1)
+    horizon_days: int = Field(ge=1)
+
+
+class LabelSpec(_Strict):
+    """How the churn label is defined."""
+
+    name: str = "churned"
+    kind: Literal["column", "event_within_horizon"]
+    source: str
+    column: str
+    positive: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _positive_for_column(self) -> LabelSpec:
+        if self.kind == "column" and not self.positive:
+            raise ValueError("label kind 'column' needs the positive values")
+        return self
+
+
+class FeatureContract(_Strict):
+    """A whole data set's contract."""
+
+    name: str
+    description: str = ""
+    entity_key: str
+    sources: dict[str, SourceSpec]
+    snapshot: SnapshotSpec | None = None
+    label: LabelSpec
+    features: list[FeatureSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FeatureContract:
+        entities = [n for n, s in self.sources.items() if s.role == "entity"]
+        if len(entities) != 1:
+            raise ValueError(f"exactly one entity source is required, got {entities}")
+        names = [f.name for f in self.features]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate feature names: {duplicates}")
+        reserved = {self.entity_key, self.label.name, self.snapshot_column}
+        clash = sorted(reserved.intersection(names))
+        if clash:
+            raise ValueError(f"feature names clash with key/label/snapshot columns: {clash}")
+        if self.label.source not in self.sources:
+            raise ValueError(f"label source {self.label.source!r} is not a declared source")
+        for feature in self.features:
+            ref = feature.derive.aggregate or feature.derive.recency
+            if ref is not None and ref.source not in self.sources:
+                raise ValueError(f"{feature.name}: unknown source {ref.source!r}")
+            if ref is not None and self.snapshot is None:
+                raise ValueError(f"{feature.name}: aggregates need a snapshot definition")
+        return self
+
+    @property
+    def entity_source_name(self) -> str:
+        """Name of the single entity (one row per customer) source."""
+        return next(n for n, s in self.sources.items() if s.role == "entity")
+
+    @property
+    def snapshot_column(self) -> str:
+        """Name of the snapshot column in gold ('' when the data set has no snapshots)."""
+        return self.snapshot.column if self.snapshot else ""
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Model input names, in model order."""
+        return [f.name for f in self.features]
+
+    @property
+    def xgboost_feature_types(self) -> list[str]:
+        """XGBoost feature types, in model order."""
+        return [f.xgboost_type for f in self.features]
+
+    def feature(self, name: str) -> FeatureSpec:
+        """The feature called ``name``."""
+        for spec in self.features:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+    def gold_columns(self) -> list[tuple[str, str]]:
+        """(name, Spark SQL type) of every gold column, in table order."""
+        columns = [(self.entity_key, "string")]
+        if self.snapshot:
+            columns.append((self.snapshot.column, "date"))
+        columns += [(f.name, f.spark_type) for f in self.features]
+        columns.append((self.label.name, "int"))
+        return columns
+
+    def gold_arrow_schema(self) -> pa.Schema:
+        """The gold table's Arrow schema (what Delta stores)."""
+        arrow: dict[str, pa.DataType] = {
+            "string": pa.string(),
+            "date": pa.date32(),
+            "int": pa.int32(),
+            "double": pa.float64(),
+            "boolean": pa.bool_(),
+        }
+        return pa.schema([pa.field(name, arrow[kind]) for name, kind in self.gold_columns()])
+
+    def to_yaml(self) -> str:
+        """Serialise the contract (stored with every model version)."""
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=False), sort_keys=False)
+
+
+def load_contract(path: Path) -> FeatureContract:
+    """Load and validate a contract file; errors name the file and the field."""
+    if not path.exists():
+        raise FileNotFoundError(f"feature contract not found: {path}")
+    try:
+        return FeatureContract.model_validate(yaml.safe_load(path.read_text()))
+    except ValueError as error:
+        raise ValueError(f"invalid feature contract {path}: {error}") from error
+
+
+def parse_contract(text: str) -> FeatureContract:
+    """Parse a contract from YAML text (as stored with a model version)."""
+    return FeatureContract.model_validate(yaml.safe_load(text))

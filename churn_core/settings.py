@@ -1,0 +1,173 @@
+"""Typed settings: ``configs/base.yaml`` + ``configs/<env>.yaml`` + ``CHURN_*`` environment variables.
+
+Precedence, lowest to highest: field defaults, base.yaml, <env>.yaml, environment variables.
+Nested fields use ``__`` in variable names, e.g. ``CHURN_SPARK__REMOTE=sc://spark:15002``.
+Relative paths in YAML are resolved against the project root (``CHURN_ROOT``, default: the
+current directory), so the same files work on a laptop and in a container.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+PACKAGE_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+class SampleSettings(BaseModel):
+    """How much sample data ``churn generate`` writes."""
+
+    customers: int = Field(5_000, ge=1, le=10_000_000)
+    seed: int = 7
+    chunk_size: int = Field(100_000, ge=1)
+    page_size: int = Field(1_000, ge=1)
+
+
+class SparkSettings(BaseModel):
+    """Where Spark runs. ``remote`` unset means an embedded Sail Spark Connect server."""
+
+    remote: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 0
+
+
+class RaySettings(BaseModel):
+    """How the driver reaches Ray. ``address`` unset starts a local cluster bound to loopback."""
+
+    address: str | None = None
+    num_cpus: int | None = None
+    include_dashboard: bool = False
+    node_ip_address: str = "127.0.0.1"
+
+
+class TrainingSettings(BaseModel):
+    """Ray Train XGBoost settings (the search space for tuning lives in its own file)."""
+
+    num_workers: int = Field(2, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    num_boost_round: int = Field(300, ge=1)
+    early_stopping_rounds: int = Field(30, ge=1)
+    params: dict[str, Any] = Field(
+        default_factory=lambda: {"max_depth": 3, "eta": 0.05, "min_child_weight": 1.0}
+    )
+    hash_split_test_fraction: float = Field(0.2, gt=0, lt=0.5)
+    hash_split_valid_fraction: float = Field(0.1, gt=0, lt=0.5)
+    min_champion_auc: float = Field(0.6, ge=0, le=1)
+
+
+class RegistrySettings(BaseModel):
+    """Model registry location and the model name to register under."""
+
+    root: Path = Path("var/registry")
+    model_name: str = "churn"
+
+
+class ServeSettings(BaseModel):
+    """Serve application: config file, address and request limits."""
+
+    config_path: Path = Path("configs/serve/local.yaml")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    alias: str = "champion"
+    max_batch_records: int = Field(1_000, ge=1)
+    top_reasons: int = Field(3, ge=0)
+    threshold: float = Field(0.5, gt=0, lt=1)
+
+
+class Settings(BaseSettings):
+    """All settings of one environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CHURN_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    env: str = "local"
+    root: Path = Path(".")
+    dataset: str = "saas"
+    contracts_dir: Path = Path("configs/contracts")
+    raw_dir: Path = Path("var/raw/saas")
+    lake_dir: Path = Path("var/lake")
+    log_level: str = "INFO"
+    log_json: bool = False
+    sample: SampleSettings = Field(default_factory=SampleSettings)
+    spark: SparkSettings = Field(default_factory=SparkSettings)
+    ray: RaySettings = Field(default_factory=RaySettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        levels = {"DEBUG", "INFO", "WARNING", "ERROR"}
+        if value.upper() not in levels:
+            raise ValueError(f"log_level must be one of {sorted(levels)}")
+        return value.upper()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment variables beat the YAML files, which arrive as init kwargs.
+        return (env_settings, init_settings)
+
+    def resolve(self, path: Path) -> Path:
+        """Return ``path`` made absolute against the project root."""
+        return path if path.is_absolute() else (self.root / path).resolve()
+
+    @property
+    def contract_path(self) -> Path:
+        """The feature contract file of the configured data set."""
+        return self.resolve(self.contracts_dir) / f"{self.dataset}.yaml"
+
+    @property
+    def dataset_lake(self) -> Path:
+        """Root of this data set's Delta tables."""
+        return self.resolve(self.lake_dir) / self.dataset
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    loaded = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    return loaded
+
+
+def load_settings(env: str | None = None, config_dir: Path | None = None) -> Settings:
+    """Load settings for ``env`` (default ``CHURN_ENV`` or ``local``) from YAML and the environment."""
+    env = env or os.environ.get("CHURN_ENV", "local")
+    directory = config_dir or Path(os.environ.get("CHURN_CONFIG_DIR", PACKAGE_CONFIG_DIR))
+    env_file = directory / f"{env}.yaml"
+    if env != "base" and not env_file.exists():
+        known = sorted(p.stem for p in directory.glob("*.yaml") if p.stem != "base")
+        raise ValueError(f"unknown environment {env!r}: no {env_file} (known: {known})")
+    data = _deep_merge(_read_yaml(directory / "base.yaml"), _read_yaml(env_file))
+    data["env"] = env
+    data.setdefault("root", str(Path.cwd()))
+    return Settings(**data)

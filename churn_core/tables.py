@@ -1,0 +1,30 @@
+"""Where each Delta table of a data set lives (one place, so no job spells a path)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Tables:
+    """Delta table locations under one data set's lake folder."""
+
+    root: Path
+
+    def bronze(self, source: str) -> Path:
+        """Raw records of ``source`` as ingested, with ingestion metadata."""
+        return self.root / "bronze" / source
+
+    def silver(self, source: str) -> Path:
+        """Typed, de-duplicated records of ``source``."""
+        return self.root / "silver" / source
+
+    def quarantine(self, source: str) -> Path:
+        """Records of ``source`` rejected by validation, each with a reason."""
+        return self.root / "quarantine" / source
+
+    @property
+    def gold_features(self) -> Path:
+        """Per-customer features and labels, one row per (customer, snapshot)."""
+        return self.root / "gold" / "features"
