@@ -152,6 +152,9 @@ class SnapshotSpec(_Strict):
     column: str = "snapshot_date"
     dates: list[date] = Field(min_length=1)
     horizon_days: int = Field(ge=1)
+    # Entity column holding when an entity starts to exist (e.g. signup date): entities are in a
+    # snapshot only from then on, and only while the label event has not happened yet.
+    entity_since: str
 
 
 class LabelSpec(_Strict):
@@ -194,6 +197,11 @@ class FeatureContract(_Strict):
         clash = sorted(reserved.intersection(names))
         if clash:
             raise ValueError(f"feature names clash with key/label/snapshot columns: {clash}")
+        for name, source in self.sources.items():
+            if source.role == "events" and self.entity_key not in source.columns:
+                raise ValueError(f"events source {name!r} lacks the entity key {self.entity_key!r}")
+        if self.snapshot and self.snapshot.entity_since not in self.sources[entities[0]].columns:
+            raise ValueError(f"snapshot.entity_since {self.snapshot.entity_since!r} is not an entity column")
         if self.label.source not in self.sources:
             raise ValueError(f"label source {self.label.source!r} is not a declared source")
         for feature in self.features:
