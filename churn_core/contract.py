@@ -201,7 +201,9 @@ class FeatureContract(_Strict):
             if source.role == "events" and self.entity_key not in source.columns:
                 raise ValueError(f"events source {name!r} lacks the entity key {self.entity_key!r}")
         if self.snapshot and self.snapshot.entity_since not in self.sources[entities[0]].columns:
-            raise ValueError(f"snapshot.entity_since {self.snapshot.entity_since!r} is not an entity column")
+            raise ValueError(
+                f"snapshot.entity_since {self.snapshot.entity_since!r} is not an entity column"
+            )
         if self.label.source not in self.sources:
             raise ValueError(f"label source {self.label.source!r} is not a declared source")
         for feature in self.features:

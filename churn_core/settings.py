@@ -62,6 +62,7 @@ class TrainingSettings(BaseModel):
     hash_split_test_fraction: float = Field(0.2, gt=0, lt=0.5)
     hash_split_valid_fraction: float = Field(0.1, gt=0, lt=0.5)
     min_champion_auc: float = Field(0.6, ge=0, le=1)
+    storage_path: Path = Path("var/ray_results")
 
 
 class RegistrySettings(BaseModel):

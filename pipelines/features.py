@@ -50,7 +50,11 @@ def aggregate_expression(contract: FeatureContract, source_time: str, agg: Aggre
 
 def recency_expression(contract: FeatureContract, source_time: str, rec: Recency) -> str:
     """SQL for days since the last matching event before the snapshot."""
-    last = f"max(case when {rec.filter} then `{source_time}` end)" if rec.filter else f"max(`{source_time}`)"
+    last = (
+        f"max(case when {rec.filter} then `{source_time}` end)"
+        if rec.filter
+        else f"max(`{source_time}`)"
+    )
     return f"datediff(`{contract.snapshot_column}`, cast({last} as date))"
 
 
@@ -80,7 +84,9 @@ def _event_features(
                 assert spec.derive.recency is not None
                 sql = recency_expression(contract, time_col, spec.derive.recency)
             expressions.append(F.expr(sql).alias(spec.name))
-        frames.append(joined.groupBy(contract.entity_key, contract.snapshot_column).agg(*expressions))
+        frames.append(
+            joined.groupBy(contract.entity_key, contract.snapshot_column).agg(*expressions)
+        )
     return frames
 
 
@@ -150,9 +156,12 @@ def build_gold(spark: SparkSession, contract: FeatureContract, tables: Tables) -
     gold_frame(spark, contract, tables).write.format("delta").mode("overwrite").option(
         "overwriteSchema", "true"
     ).save(str(target))
-    stats = spark.read.format("delta").load(str(target)).agg(
-        {contract.label.name: "sum"}
-    ).collect()[0][0]
+    stats = (
+        spark.read.format("delta")
+        .load(str(target))
+        .agg({contract.label.name: "sum"})
+        .collect()[0][0]
+    )
     return GoldSummary(
         rows=table_rows(target),
         snapshots=len(contract.snapshot.dates) if contract.snapshot else 0,

@@ -51,7 +51,8 @@ def read_raw_source(spark: SparkSession, spec: SourceSpec, raw_dir: Path) -> Dat
         if absent:
             raise ValueError(f"{location}: columns missing from the source: {absent}")
         return frame.select(
-            *[F.col(c).cast("string").alias(c) for c in columns], F.lit(None).cast("string").alias("_raw")
+            *[F.col(c).cast("string").alias(c) for c in columns],
+            F.lit(None).cast("string").alias("_raw"),
         )
     if spec.format == "csv":
         frame = spark.read.option("header", "true").csv(str(location))
@@ -61,7 +62,9 @@ def read_raw_source(spark: SparkSession, spec: SourceSpec, raw_dir: Path) -> Dat
         return frame.select(*columns, F.lit(None).cast("string").alias("_raw"))
     if spec.format == "jsonl":
         lines = spark.read.text(str(location))
-        parsed = lines.select(F.col("value").alias("_raw"), F.from_json("value", _string_struct(spec)).alias("r"))
+        parsed = lines.select(
+            F.col("value").alias("_raw"), F.from_json("value", _string_struct(spec)).alias("r")
+        )
         return parsed.select(*[F.col(f"r.`{c}`").alias(c) for c in columns], "_raw")
     # json_pages: each file is one page; its records array is exploded, one row per record.
     pages = spark.read.text(str(location), wholetext=True)
@@ -81,8 +84,12 @@ def ingest_sources(
     summaries = []
     for name, spec in contract.sources.items():
         started = time.perf_counter()
-        frame = read_raw_source(spark, spec, raw_dir).withColumn("_ingested_at", F.current_timestamp())
+        frame = read_raw_source(spark, spec, raw_dir).withColumn(
+            "_ingested_at", F.current_timestamp()
+        )
         target = tables.bronze(name)
-        frame.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(str(target))
+        frame.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(
+            str(target)
+        )
         summaries.append(BronzeSummary(name, table_rows(target), time.perf_counter() - started))
     return summaries

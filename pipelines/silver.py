@@ -45,9 +45,7 @@ def _rejection_reason(spec: SourceSpec) -> Column:
     """First problem of a row as text, or null for a good row."""
     from pyspark.sql import functions as F
 
-    checks = [
-        (F.col(f"_raw_{key}").isNull(), f"missing key column {key}") for key in spec.key
-    ]
+    checks = [(F.col(f"_raw_{key}").isNull(), f"missing key column {key}") for key in spec.key]
     for name, kind in spec.columns.items():
         failed = F.col(f"_raw_{name}").isNotNull() & F.col(name).isNull()
         checks.append((failed, f"column {name}: not a valid {kind}"))
@@ -85,7 +83,9 @@ def deduplicate(frame: DataFrame, spec: SourceSpec) -> DataFrame:
     return frame.withColumn("_rank", F.row_number().over(window)).filter("_rank = 1").drop("_rank")
 
 
-def build_silver(spark: SparkSession, contract: FeatureContract, tables: Tables) -> list[SilverSummary]:
+def build_silver(
+    spark: SparkSession, contract: FeatureContract, tables: Tables
+) -> list[SilverSummary]:
     """Build silver and quarantine tables for every source."""
     from pyspark.sql import functions as F
 
@@ -97,7 +97,9 @@ def build_silver(spark: SparkSession, contract: FeatureContract, tables: Tables)
         rejected = typed.filter(F.col("_reason").isNotNull()).select(
             F.lit(name).alias("source"),
             "_reason",
-            F.to_json(F.struct(*[F.col(f"_raw_{c}").alias(c) for c in spec.columns])).alias("record"),
+            F.to_json(F.struct(*[F.col(f"_raw_{c}").alias(c) for c in spec.columns])).alias(
+                "record"
+            ),
             "_raw",
             "_ingested_at",
         )
