@@ -69,7 +69,7 @@ class RegistrySettings(BaseModel):
     """Model registry location and the model name to register under."""
 
     root: Path = Path("var/registry")
-    model_name: str = "churn"
+    model_name: str | None = None  # default: churn-<dataset>
 
 
 class ServeSettings(BaseModel):
@@ -134,6 +134,11 @@ class Settings(BaseSettings):
     def contract_path(self) -> Path:
         """The feature contract file of the configured data set."""
         return self.resolve(self.contracts_dir) / f"{self.dataset}.yaml"
+
+    @property
+    def model_name(self) -> str:
+        """Registry name of this data set's model."""
+        return self.registry.model_name or f"churn-{self.dataset}"
 
     @property
     def dataset_lake(self) -> Path:

@@ -49,7 +49,7 @@ def build_app(args: dict[str, Any]) -> Application:
     settings = load_settings(parsed.env)
     loader = RegistryLoader(
         root=parsed.registry_root or str(settings.resolve(settings.registry.root)),
-        model_name=parsed.model_name or settings.registry.model_name,
+        model_name=parsed.model_name or settings.model_name,
         alias=parsed.alias or settings.serve.alias,
     )
     return ChurnAPI.bind(loader, settings.serve)  # type: ignore[attr-defined, no-any-return]

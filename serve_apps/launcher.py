@@ -30,7 +30,7 @@ def load_serve_config(settings: Settings, overrides: dict[str, Any] | None = Non
         app.setdefault("args", {}).update(
             env=settings.env,
             registry_root=str(settings.resolve(settings.registry.root)),
-            model_name=settings.registry.model_name,
+            model_name=settings.model_name,
             alias=settings.serve.alias,
             **(overrides or {}),
         )

@@ -81,7 +81,7 @@ def train_and_register(
     metrics = evaluate_scores(test[LABEL_COLUMN].to_numpy(), scores)
     metrics.update(valid_auc=fit.valid_auc, best_iteration=float(fit.best_iteration))
     version = registry.register(
-        settings.registry.model_name,
+        settings.model_name,
         fit.model,
         contract,
         params=fit.params,
@@ -96,8 +96,8 @@ def train_and_register(
         feature_importance=model.feature_importance(),
     )
     aliases = choose_aliases(
-        registry, settings.registry.model_name, metrics, settings.training.min_champion_auc
+        registry, settings.model_name, metrics, settings.training.min_champion_auc
     )
     for alias in aliases:
-        registry.set_alias(settings.registry.model_name, alias, version.version)
+        registry.set_alias(settings.model_name, alias, version.version)
     return TrainSummary(version, aliases, rows, time.perf_counter() - started)

@@ -1,0 +1,41 @@
+# Two commands matter: `make run` (everything end to end on embedded defaults) and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: run test install lint unit integration services benchmark clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip uv
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/churn run
+
+test: install services lint
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/pytest tests/unit
+
+integration: install services
+	$(BIN)/pytest tests/integration tests/contract
+
+services:
+	bash scripts/services.sh
+
+benchmark: install
+	$(BIN)/python -m benchmarks.serve_latency
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

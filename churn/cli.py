@@ -1,0 +1,345 @@
+"""The ``churn`` command: one entry point for people. Subcommands import their stage lazily."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+if TYPE_CHECKING:
+    from churn_core.settings import Settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+models_app = typer.Typer(no_args_is_help=True, help="Inspect the model registry.")
+app.add_typer(models_app, name="models")
+console = Console(stderr=False)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _State:
+    env: str | None = None
+    overrides: dict[str, Any] = {}  # noqa: RUF012 (one process-wide CLI state)
+
+
+def settings() -> Settings:
+    """Settings of the chosen environment with the command-line overrides applied."""
+    from churn_core.settings import load_settings
+
+    loaded = load_settings(_State.env)
+    return loaded.model_copy(update=_State.overrides) if _State.overrides else loaded
+
+
+def one_line_errors(command: F) -> F:
+    """Turn any failure into one line naming the command and the cause, and exit 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as error:
+            from churn_core.logging import get_logger
+
+            get_logger("churn.cli").debug("command failed", exc_info=True)
+            name = command.__name__.replace("_command", "")
+            console.print(f"[red]churn {name} failed:[/red] {type(error).__name__}: {error}")
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def main_options(
+    env: Annotated[str | None, typer.Option(help="Environment (configs/<env>.yaml).")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Contract name in configs/contracts.")] = None,
+    raw_dir: Annotated[Path | None, typer.Option(help="Folder holding the raw sources.")] = None,
+) -> None:
+    """Customer churn prediction: Spark + Delta ingestion, Ray Train/Tune XGBoost, Ray Serve."""
+    _State.env = env
+    _State.overrides = {
+        k: v for k, v in {"dataset": dataset, "raw_dir": raw_dir}.items() if v is not None
+    }
+    from churn_core.logging import configure_logging
+    from churn_core.settings import load_settings
+
+    try:
+        base = load_settings(env)
+    except ValueError as error:
+        console.print(f"[red]churn: bad settings:[/red] {error}")
+        raise typer.Exit(2) from None
+    configure_logging(base.log_level, base.log_json)
+
+
+def _done(stage: str, seconds: float, **counts: Any) -> None:
+    details = "  ".join(f"{k}={v}" for k, v in counts.items())
+    console.print(f"[green]done[/green] {stage:<9} {details}  ({seconds:.1f} s)")
+
+
+def run_generate(s: Settings) -> None:
+    """Write the sample data set's raw sources."""
+    from rich.progress import Progress
+
+    from pipelines.sample_data import generate_sample_data
+
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("generate", total=s.sample.customers)
+        summary = generate_sample_data(
+            s.resolve(s.raw_dir),
+            s.sample.customers,
+            s.sample.seed,
+            chunk_size=s.sample.chunk_size,
+            page_size=s.sample.page_size,
+            progress=lambda n: progress.update(task, completed=n),
+        )
+    _done(
+        "generate",
+        summary.seconds,
+        customers=summary.customers,
+        transactions=summary.transactions,
+        support_records=summary.support_records,
+        churned=summary.churned,
+    )
+
+
+def run_spark_stages(s: Settings, ingest: bool = True, features: bool = True) -> None:
+    """Bronze and silver (ingest) and gold (features) in one Spark session."""
+    from churn_core.contract import load_contract
+    from churn_core.tables import Tables
+    from pipelines.features import build_gold
+    from pipelines.ingest import ingest_sources
+    from pipelines.session import spark_session
+    from pipelines.silver import build_silver
+
+    contract = load_contract(s.contract_path)
+    tables = Tables(s.dataset_lake)
+    with spark_session(s.spark) as spark:
+        if ingest:
+            with console.status("ingest: raw sources -> bronze -> silver"):
+                bronze = ingest_sources(spark, contract, s.resolve(s.raw_dir), tables)
+                silver = build_silver(spark, contract, tables)
+            _done("bronze", sum(b.seconds for b in bronze), **{b.source: b.rows for b in bronze})
+            for part in silver:
+                _done(
+                    "silver",
+                    part.seconds,
+                    source=part.source,
+                    bronze=part.bronze,
+                    silver=part.silver,
+                    quarantined=part.quarantined,
+                    duplicates=part.duplicates,
+                    reconciled=part.reconciled,
+                )
+                if not part.reconciled:
+                    raise RuntimeError(f"silver {part.source}: row counts do not reconcile")
+        if features:
+            with console.status("features: silver -> gold (point-in-time)"):
+                gold = build_gold(spark, contract, tables)
+            _done(
+                "gold",
+                gold.seconds,
+                rows=gold.rows,
+                snapshots=gold.snapshots,
+                positives=gold.positives,
+            )
+
+
+def run_train(s: Settings) -> None:
+    """Train, evaluate and register (Ray must be running)."""
+    from churn_core.contract import load_contract
+    from churn_core.registry import LocalRegistry
+    from churn_core.tables import Tables
+    from training.pipeline import train_and_register
+
+    with console.status("train: Ray Train XGBoost (2 workers)"):
+        summary = train_and_register(
+            s,
+            load_contract(s.contract_path),
+            Tables(s.dataset_lake),
+            LocalRegistry(s.resolve(s.registry.root)),
+        )
+    m = summary.version.metrics
+    _done(
+        "train",
+        summary.seconds,
+        version=summary.version.version,
+        aliases=",".join(summary.aliases) or "-",
+        roc_auc=f"{m['roc_auc']:.3f}",
+        pr_auc=f"{m['pr_auc']:.3f}",
+        **{f"{k}_rows": v for k, v in summary.rows.items()},
+    )
+
+
+def curl_examples(base_url: str, s: Settings) -> list[str]:
+    """Ready-to-paste curl commands for the served model."""
+    import json
+
+    from churn_core.registry import LocalRegistry
+    from churn_core.tables import Tables
+
+    registry = LocalRegistry(s.resolve(s.registry.root))
+    contract = registry.load_model(s.model_name, s.serve.alias).contract
+    example = _example_features(Tables(s.dataset_lake), contract)
+    body = json.dumps({"customer_id": example.pop("__key"), "features": example})
+    batch = json.dumps({"records": [json.loads(body)] * 2})
+    return [
+        f"curl -s -X POST {base_url}/v1/predict -H 'Content-Type: application/json' -d '{body}'",
+        f"curl -s -X POST {base_url}/v1/batch_predict -H 'Content-Type: application/json' -d '{batch}'",
+        f"curl -s {base_url}/v1/model_metrics",
+        f"curl -s {base_url}/v1/feature_importance",
+    ]
+
+
+def _example_features(tables: Any, contract: Any) -> dict[str, Any]:
+    """One real customer's features from gold (the highest-risk looking one is not needed)."""
+    import math
+
+    from deltalake import DeltaTable
+
+    frame = DeltaTable(str(tables.gold_features)).to_pyarrow_dataset().head(1).to_pylist()[0]
+    example = {
+        name: (None if isinstance(v, float) and math.isnan(v) else v)
+        for name, v in frame.items()
+        if name in contract.feature_names
+    }
+    example["__key"] = str(frame[contract.entity_key])
+    return example
+
+
+def serve_forever(s: Settings) -> None:
+    """Deploy the Serve config, print curl commands, block until Ctrl-C (Ray must be running)."""
+    from ray import serve
+
+    from serve_apps.launcher import deploy
+
+    with console.status("serve: deploying configs/serve"):
+        started = time.perf_counter()
+        url = deploy(s)
+    _done("serve", time.perf_counter() - started, url=url)
+    console.print(f"[bold]serving[/bold] on {url}  (OpenAPI: {url}/docs)  Ctrl-C to stop")
+    for line in curl_examples(url, s):
+        console.print(line, soft_wrap=True, highlight=False, markup=False)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        console.print("stopping Serve and Ray ...")
+    finally:
+        serve.shutdown()
+
+
+@app.command("generate")
+@one_line_errors
+def generate_command(
+    customers: Annotated[int | None, typer.Option(help="Number of customers.")] = None,
+) -> None:
+    """Generate the sample business data set (customers, transactions, support pages)."""
+    s = settings()
+    if customers:
+        s = s.model_copy(update={"sample": s.sample.model_copy(update={"customers": customers})})
+    run_generate(s)
+
+
+@app.command("ingest")
+@one_line_errors
+def ingest_command() -> None:
+    """Raw sources -> bronze -> silver (typed, de-duplicated, quarantine)."""
+    run_spark_stages(settings(), ingest=True, features=False)
+
+
+@app.command("features")
+@one_line_errors
+def features_command() -> None:
+    """Silver -> gold per-customer features for every snapshot date."""
+    run_spark_stages(settings(), ingest=False, features=True)
+
+
+@app.command("train")
+@one_line_errors
+def train_command() -> None:
+    """Train with Ray Train, evaluate, register, set aliases."""
+    from churn_core.ray_runtime import ray_session
+
+    s = settings()
+    with ray_session(s.ray):
+        run_train(s)
+
+
+@app.command("serve")
+@one_line_errors
+def serve_command() -> None:
+    """Serve the champion model over HTTP until Ctrl-C."""
+    from churn_core.ray_runtime import ray_session
+
+    s = settings()
+    with ray_session(s.ray):
+        serve_forever(s)
+
+
+@app.command("run")
+@one_line_errors
+def run_command(
+    customers: Annotated[
+        int | None, typer.Option(help="Sample size (sample data set only).")
+    ] = None,
+    serve: Annotated[bool, typer.Option(help="Serve the model at the end.")] = True,
+) -> None:
+    """Everything, end to end: generate, ingest, features, train, serve."""
+    from churn_core.ray_runtime import ray_session
+
+    s = settings()
+    started = time.perf_counter()
+    if s.dataset == "saas":
+        if customers:
+            s = s.model_copy(
+                update={"sample": s.sample.model_copy(update={"customers": customers})}
+            )
+        run_generate(s)
+    run_spark_stages(s)
+    with ray_session(s.ray):
+        run_train(s)
+        console.print(f"pipeline finished in {time.perf_counter() - started:.1f} s")
+        if serve:
+            serve_forever(s)
+
+
+@models_app.command("list")
+@one_line_errors
+def models_list_command() -> None:
+    """Registered versions with their metrics and aliases."""
+    from rich.table import Table
+
+    from churn_core.registry import LocalRegistry
+
+    s = settings()
+    registry = LocalRegistry(s.resolve(s.registry.root))
+    name = s.model_name
+    aliases: dict[int, list[str]] = {}
+    for alias, version in registry.aliases(name).items():
+        aliases.setdefault(version, []).append(alias)
+    table = Table("version", "created", "roc_auc", "pr_auc", "dataset", "aliases")
+    for meta in registry.list(name):
+        table.add_row(
+            str(meta.version),
+            meta.created_at.isoformat(timespec="seconds"),
+            f"{meta.metrics.get('roc_auc', float('nan')):.4f}",
+            f"{meta.metrics.get('pr_auc', float('nan')):.4f}",
+            str(meta.lineage.get("dataset", "")),
+            ",".join(aliases.get(meta.version, [])),
+        )
+    console.print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Start the loopback services the tests use, if they are not already answering.
+# PostgreSQL and Redis are preinstalled on these machines; elsewhere install them with apt.
+set -euo pipefail
+
+if command -v pg_ctlcluster >/dev/null 2>&1 && ! pg_isready -h 127.0.0.1 -p 5432 -q; then
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
+fi
+if command -v redis-server >/dev/null 2>&1 && ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
+fi
+echo "services: ok"
