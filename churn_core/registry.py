@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,29 +74,32 @@ class LocalRegistry:
         versions_dir = self._model_dir(name) / "versions"
         versions_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=versions_dir))
-        (staging / ARTIFACT_NAME).write_bytes(artifact)
-        (staging / CONTRACT_NAME).write_text(contract.to_yaml())
-        while True:
-            number = max(self.version_numbers(name), default=0) + 1
-            meta = ModelVersion(
-                name=name,
-                version=number,
-                created_at=datetime.now(UTC),
-                artifact_sha256=hashlib.sha256(artifact).hexdigest(),
-                params=params,
-                metrics=metrics,
-                lineage=lineage,
-                feature_importance=feature_importance,
-            )
-            (staging / METADATA_NAME).write_text(meta.model_dump_json(indent=2))
-            try:
-                # rename() of a directory fails if the target exists: two writers never share
-                # a version number, and a version is never overwritten.
-                staging.rename(self._version_dir(name, number))
-                return meta
-            except OSError:
-                if not self._version_dir(name, number).exists():
-                    raise
+        try:
+            (staging / ARTIFACT_NAME).write_bytes(artifact)
+            (staging / CONTRACT_NAME).write_text(contract.to_yaml())
+            while True:
+                number = max(self.version_numbers(name), default=0) + 1
+                meta = ModelVersion(
+                    name=name,
+                    version=number,
+                    created_at=datetime.now(UTC),
+                    artifact_sha256=hashlib.sha256(artifact).hexdigest(),
+                    params=params,
+                    metrics=metrics,
+                    lineage=lineage,
+                    feature_importance=feature_importance,
+                )
+                (staging / METADATA_NAME).write_text(meta.model_dump_json(indent=2))
+                try:
+                    # rename() of a directory fails if the target exists: two writers never
+                    # share a version number, and a version is never overwritten.
+                    staging.rename(self._version_dir(name, number))
+                    return meta
+                except OSError:
+                    if not self._version_dir(name, number).exists():
+                        raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
     def version_numbers(self, name: str) -> list[int]:
         """All registered version numbers of ``name``, ascending."""

@@ -1,0 +1,206 @@
+"""The whole path on a tiny sample business: files -> Sail/Delta -> Ray Train -> registry -> Serve.
+
+Expected values are recomputed here from the raw files with pandas, independently of Spark.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+from deltalake import DeltaTable
+
+from tests.conftest import PipelineRun
+
+pytestmark = pytest.mark.integration
+
+
+def delta_frame(path: Path) -> pd.DataFrame:
+    return DeltaTable(str(path)).to_pandas()
+
+
+def raw_customers(run: PipelineRun) -> pd.DataFrame:
+    return pd.read_parquet(run.settings.resolve(run.settings.raw_dir) / "customers")
+
+
+def raw_transactions(run: PipelineRun) -> pd.DataFrame:
+    folder = run.settings.resolve(run.settings.raw_dir) / "transactions"
+    lines = [
+        json.loads(x) for f in sorted(folder.glob("*.jsonl")) for x in f.read_text().splitlines()
+    ]
+    return pd.DataFrame(lines)
+
+
+def raw_support(run: PipelineRun) -> pd.DataFrame:
+    folder = run.settings.resolve(run.settings.raw_dir) / "support"
+    pages = [json.loads(f.read_text()) for f in sorted(folder.glob("*.json"))]
+    return pd.DataFrame([r for page in pages for r in page["records"]])
+
+
+def test_every_raw_record_lands_in_bronze_and_reconciles_in_silver(saas_run: PipelineRun) -> None:
+    tables = saas_run.tables
+    customers, transactions, support = (
+        raw_customers(saas_run),
+        raw_transactions(saas_run),
+        raw_support(saas_run),
+    )
+    assert len(delta_frame(tables.bronze("customers"))) == len(customers)
+    assert len(delta_frame(tables.bronze("transactions"))) == len(transactions)
+    assert len(delta_frame(tables.bronze("support"))) == len(support)
+    # The stream is at-least-once: silver keeps exactly one row per event id.
+    silver_tx = delta_frame(tables.silver("transactions"))
+    assert len(silver_tx) == transactions["event_id"].nunique() < len(transactions)
+    assert silver_tx["event_id"].is_unique
+    assert len(delta_frame(tables.silver("customers"))) == customers["customer_id"].nunique()
+    assert len(delta_frame(tables.silver("support"))) == support["record_id"].nunique()
+    for source in ("customers", "transactions", "support"):
+        assert len(delta_frame(tables.quarantine(source))) == 0  # the generator writes clean values
+
+
+def test_gold_has_one_row_per_eligible_customer_and_snapshot(saas_run: PipelineRun) -> None:
+    snapshot = saas_run.contract.snapshot
+    assert snapshot is not None
+    customers = raw_customers(saas_run)
+    gold = delta_frame(saas_run.tables.gold_features)
+    for date in snapshot.dates:
+        t = pd.Timestamp(date)
+        active = customers[
+            (pd.to_datetime(customers["signup_date"]) < t)
+            & (customers["cancelled_at"].isna() | (customers["cancelled_at"] >= t))
+        ]
+        churned = active["cancelled_at"] < t + timedelta(days=snapshot.horizon_days)
+        rows = gold[pd.to_datetime(gold["snapshot_date"]) == t]
+        assert len(rows) == len(active), date
+        assert int(rows["churned"].sum()) == int(churned.sum()), date
+        assert set(rows["customer_id"]) == set(active["customer_id"])
+
+
+def test_gold_features_use_only_events_before_the_snapshot(saas_run: PipelineRun) -> None:
+    """Recompute three features with pandas for one snapshot and compare every customer."""
+    snapshot = saas_run.contract.snapshot
+    assert snapshot is not None
+    t = pd.Timestamp(snapshot.dates[-1])
+    tx = raw_transactions(saas_run).drop_duplicates("event_id")
+    tx["event_time"] = pd.to_datetime(tx["event_time"])
+    before = tx[tx["event_time"] < t]
+    failed = before[
+        (before["event_type"] == "payment_failed")
+        & (before["event_time"] >= t - timedelta(days=90))
+    ]
+    last_payment = (
+        before[before["event_type"] == "payment"].groupby("customer_id")["event_time"].max()
+    )
+    support = raw_support(saas_run)
+    support["record_time"] = pd.to_datetime(support["record_time"])
+    usage = support[
+        (support["record_type"] == "usage")
+        & (support["record_time"] < t)
+        & (support["record_time"] >= t - timedelta(days=92))
+    ]
+    gold = delta_frame(saas_run.tables.gold_features)
+    gold = gold[pd.to_datetime(gold["snapshot_date"]) == t].set_index("customer_id")
+    expected_failed = failed.groupby("customer_id").size().reindex(gold.index, fill_value=0)
+    expected_usage = usage.groupby("customer_id")["value"].sum().reindex(gold.index, fill_value=0.0)
+    expected_recency = (t.normalize() - last_payment.dt.normalize()).dt.days.reindex(gold.index)
+    np.testing.assert_array_equal(
+        gold["failed_payments_90d"].to_numpy(), expected_failed.to_numpy()
+    )
+    np.testing.assert_allclose(gold["usage_90d"].to_numpy(), expected_usage.to_numpy(), rtol=1e-9)
+    np.testing.assert_allclose(
+        gold["days_since_last_payment"].to_numpy(), expected_recency.to_numpy()
+    )
+
+
+def test_model_is_registered_as_champion_with_real_skill(saas_run: PipelineRun) -> None:
+    name = saas_run.settings.model_name
+    champion = saas_run.registry.resolve(name, "champion")
+    assert champion.version == 1
+    assert champion.metrics["roc_auc"] > 0.7  # chance is 0.5
+    assert (
+        champion.lineage["gold_delta_version"]
+        == DeltaTable(str(saas_run.tables.gold_features)).version()
+    )
+    # The model was fitted on the earlier snapshots and tested on the last one only.
+    gold = delta_frame(saas_run.tables.gold_features)
+    last = pd.to_datetime(gold["snapshot_date"]).max()
+    assert champion.lineage["rows"]["test"] == int(
+        (pd.to_datetime(gold["snapshot_date"]) == last).sum()
+    )
+
+
+@pytest.fixture(scope="module")
+def served(saas_run: PipelineRun) -> Iterator[str]:
+    from ray import serve
+
+    from serve_apps.launcher import deploy
+
+    url = deploy(saas_run.settings)
+    yield url
+    serve.shutdown()
+
+
+def test_printed_curl_commands_answer(saas_run: PipelineRun, served: str) -> None:
+    from churn.cli import curl_examples
+
+    commands = curl_examples(served, saas_run.settings)
+    answers = [
+        json.loads(
+            subprocess.run(shlex.split(c), capture_output=True, check=True, timeout=30).stdout
+        )
+        for c in commands
+    ]
+    predict, batch, metrics, importance = answers
+    assert 0.0 <= predict["probability"] <= 1.0
+    assert predict["model_version"] == 1
+    assert len(predict["reasons"]) == saas_run.settings.serve.top_reasons
+    assert [p["probability"] for p in batch["predictions"]] == [predict["probability"]] * 2
+    assert metrics["model_version"] == 1 and metrics["metrics"]["roc_auc"] > 0.7
+    assert set(importance["importance"]) == set(saas_run.contract.feature_names)
+
+
+def test_served_probability_equals_offline_model(saas_run: PipelineRun, served: str) -> None:
+    gold = delta_frame(saas_run.tables.gold_features).head(20)
+    model = saas_run.registry.load_model(saas_run.settings.model_name, "champion")
+    offline = model.predict_frame(gold)
+    records = []
+    for _, row in gold.iterrows():
+        features = {
+            n: (None if pd.isna(row[n]) else row[n]) for n in saas_run.contract.feature_names
+        }
+        records.append({"customer_id": row["customer_id"], "features": features})
+    response = httpx.post(f"{served}/v1/batch_predict", json={"records": records}, timeout=30)
+    assert response.status_code == 200
+    online = [p["probability"] for p in response.json()["predictions"]]
+    np.testing.assert_allclose(online, offline, rtol=1e-6)
+
+
+def test_malformed_predict_gets_422_naming_the_field(saas_run: PipelineRun, served: str) -> None:
+    response = httpx.post(
+        f"{served}/v1/predict",
+        json={"features": {"tenure_days": "soon", "contract_type": "weekly"}},
+        timeout=30,
+    )
+    assert response.status_code == 422
+    fields = {d["field"] for d in response.json()["detail"]}
+    assert {"features.tenure_days", "features.contract_type", "features.plan"} <= fields
+
+
+def test_oversized_batch_gets_413_naming_the_limit(saas_run: PipelineRun, served: str) -> None:
+    gold = delta_frame(saas_run.tables.gold_features).head(1)
+    features = {
+        n: (None if pd.isna(v) else v)
+        for n, v in gold.iloc[0][saas_run.contract.feature_names].items()
+    }
+    limit = saas_run.settings.serve.max_batch_records
+    body = {"records": [{"features": features}] * (limit + 1)}
+    response = httpx.post(f"{served}/v1/batch_predict", json=body, timeout=60)
+    assert response.status_code == 413
+    assert str(limit) in response.json()["detail"][0]["message"]
