@@ -69,9 +69,8 @@ class FeatureEncoder:
                 codes = pd.Categorical(series, categories=spec.categories).codes
                 column = np.where(codes < 0, np.nan, codes).astype(np.float32)
             else:
-                column = pd.to_numeric(series.astype("float64"), errors="raise").to_numpy(
-                    dtype=np.float32, na_value=np.nan
-                )
+                # Nullable dtypes (pd.NA, as Arrow-backed readers give) become NaN here.
+                column = series.to_numpy(dtype=np.float32, na_value=np.nan)
             columns.append(column)
         return np.column_stack(columns) if columns else np.empty((len(frame), 0), np.float32)
 

@@ -7,10 +7,13 @@ the raw text of each record in ``_raw`` so a quarantined record can be inspected
 
 from __future__ import annotations
 
+import itertools
+import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from churn_core.contract import FeatureContract, SourceSpec
 from churn_core.tables import Tables
@@ -18,6 +21,10 @@ from pipelines.delta import table_rows
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+
+
+# Records per Arrow batch handed to Spark Connect (well under its 128 MiB message limit).
+PAGE_BATCH_ROWS = 200_000
 
 
 class SourceNotFoundError(FileNotFoundError):
@@ -37,8 +44,8 @@ def _string_struct(spec: SourceSpec) -> str:
     return ", ".join(f"`{name}` string" for name in spec.columns)
 
 
-def read_raw_source(spark: SparkSession, spec: SourceSpec, raw_dir: Path) -> DataFrame:
-    """Read one raw source as a DataFrame of its declared columns (strings) plus ``_raw``."""
+def read_raw_source(spark: SparkSession, spec: SourceSpec, raw_dir: Path) -> Iterator[DataFrame]:
+    """Read one raw source as DataFrames of its declared columns (strings) plus ``_raw``."""
     from pyspark.sql import functions as F
 
     location = raw_dir / spec.path
@@ -50,7 +57,7 @@ def read_raw_source(spark: SparkSession, spec: SourceSpec, raw_dir: Path) -> Dat
         absent = [c for c in columns if c not in frame.columns]
         if absent:
             raise ValueError(f"{location}: columns missing from the source: {absent}")
-        return frame.select(
+        yield frame.select(
             *[F.col(c).cast("string").alias(c) for c in columns],
             F.lit(None).cast("string").alias("_raw"),
         )
@@ -59,20 +66,66 @@ def read_raw_source(spark: SparkSession, spec: SourceSpec, raw_dir: Path) -> Dat
         absent = [c for c in columns if c not in frame.columns]
         if absent:
             raise ValueError(f"{location}: columns missing from the source: {absent}")
-        return frame.select(*columns, F.lit(None).cast("string").alias("_raw"))
+        yield frame.select(*columns, F.lit(None).cast("string").alias("_raw"))
     if spec.format == "jsonl":
         lines = spark.read.text(str(location))
         parsed = lines.select(
             F.col("value").alias("_raw"), F.from_json("value", _string_struct(spec)).alias("r")
         )
-        return parsed.select(*[F.col(f"r.`{c}`").alias(c) for c in columns], "_raw")
-    # json_pages: each file is one page; its records array is exploded, one row per record.
-    pages = spark.read.text(str(location), wholetext=True)
-    schema = f"`{spec.records_field}` array<struct<{_string_struct(spec).replace(' string', ': string')}>>"
-    records = pages.select(F.explode(F.from_json("value", schema)[spec.records_field]).alias("r"))
-    return records.select(
-        *[F.col(f"r.`{c}`").alias(c) for c in columns], F.to_json("r").alias("_raw")
-    )
+        yield parsed.select(*[F.col(f"r.`{c}`").alias(c) for c in columns], "_raw")
+    else:
+        yield from read_json_pages(spark, spec, location)
+
+
+def _as_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(value, sort_keys=True)
+
+
+def page_records(spec: SourceSpec, location: Path) -> Iterator[dict[str, str | None]]:
+    """Records of every page file in page order, values as text, each with its raw JSON.
+
+    Pages are parsed here rather than by Spark: Sail splits large files into byte ranges even
+    for whole-file reads (``wholetext``, multi-line JSON), which cut pages in two and lost them.
+    """
+    for page_file in sorted(location.glob("*.json")):
+        try:
+            page = json.loads(page_file.read_text())
+            records = page[spec.records_field]
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(
+                f"{page_file}: not a page with a '{spec.records_field}' list: {error}"
+            ) from error
+        for record in records:
+            if not isinstance(record, dict):
+                yield {**dict.fromkeys(spec.columns), "_raw": json.dumps(record)}
+                continue
+            row = {name: _as_text(record.get(name)) for name in spec.columns}
+            yield {**row, "_raw": json.dumps(record, sort_keys=True)}
+
+
+def read_json_pages(spark: SparkSession, spec: SourceSpec, location: Path) -> DataFrame:
+    """A DataFrame of all page records (strings), sent to Spark in Arrow batches."""
+    import pyarrow as pa
+
+    names = [*spec.columns, "_raw"]
+    schema = pa.schema([pa.field(n, pa.string()) for n in names])
+    frame: DataFrame | None = None
+    rows = page_records(spec, location)
+    while batch := list(itertools.islice(rows, PAGE_BATCH_ROWS)):
+        table = pa.Table.from_pylist(batch, schema=schema)
+        part = spark.createDataFrame(table.to_pandas())
+        frame = part if frame is None else frame.unionByName(part)
+    if frame is None:
+        return spark.createDataFrame([], ", ".join(f"`{n}` string" for n in names))
+    return frame
 
 
 def ingest_sources(
@@ -84,12 +137,13 @@ def ingest_sources(
     summaries = []
     for name, spec in contract.sources.items():
         started = time.perf_counter()
-        frame = read_raw_source(spark, spec, raw_dir).withColumn(
-            "_ingested_at", F.current_timestamp()
-        )
         target = tables.bronze(name)
-        frame.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(
-            str(target)
-        )
+        for part, frame in enumerate(read_raw_source(spark, spec, raw_dir)):
+            writer = frame.withColumn("_ingested_at", F.current_timestamp()).write.format("delta")
+            if part == 0:
+                writer = writer.mode("overwrite").option("overwriteSchema", "true")
+            else:
+                writer = writer.mode("append")
+            writer.save(str(target))
         summaries.append(BronzeSummary(name, table_rows(target), time.perf_counter() - started))
     return summaries

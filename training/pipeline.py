@@ -77,7 +77,9 @@ def train_and_register(
     )
     model = ChurnModel.from_bytes(fit.model, contract, nthread=0)
     test = splits["test"].to_pandas()
-    scores = model.predict_matrix(test[contract.feature_names].to_numpy(dtype=np.float32))
+    scores = model.predict_matrix(
+        test[contract.feature_names].to_numpy(dtype=np.float32, na_value=np.nan)
+    )
     metrics = evaluate_scores(test[LABEL_COLUMN].to_numpy(), scores)
     metrics.update(valid_auc=fit.valid_auc, best_iteration=float(fit.best_iteration))
     version = registry.register(

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from churn_core.contract import FeatureContract
 from churn_core.model import FeatureEncoder
 from churn_core.settings import TrainingSettings
@@ -60,7 +62,8 @@ def train_worker(config: dict[str, Any]) -> None:
     for split in ("train", "valid"):
         frame = ray.train.get_dataset_shard(split).materialize().to_pandas()
         matrices[split] = encoder.dmatrix(
-            frame[contract.feature_names].to_numpy(), frame[LABEL_COLUMN].to_numpy()
+            frame[contract.feature_names].to_numpy(dtype=np.float32, na_value=np.nan),
+            frame[LABEL_COLUMN].to_numpy(dtype=np.float32),
         )
     history: dict[str, Any] = {}
     booster = xgb.train(
