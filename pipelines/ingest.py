@@ -111,21 +111,19 @@ def page_records(spec: SourceSpec, location: Path) -> Iterator[dict[str, str | N
             yield {**row, "_raw": json.dumps(record, sort_keys=True)}
 
 
-def read_json_pages(spark: SparkSession, spec: SourceSpec, location: Path) -> DataFrame:
-    """A DataFrame of all page records (strings), sent to Spark in Arrow batches."""
+def read_json_pages(spark: SparkSession, spec: SourceSpec, location: Path) -> Iterator[DataFrame]:
+    """All page records (strings) as DataFrames of at most ``PAGE_BATCH_ROWS`` rows each."""
     import pyarrow as pa
 
     names = [*spec.columns, "_raw"]
     schema = pa.schema([pa.field(n, pa.string()) for n in names])
-    frame: DataFrame | None = None
     rows = page_records(spec, location)
+    empty = True
     while batch := list(itertools.islice(rows, PAGE_BATCH_ROWS)):
-        table = pa.Table.from_pylist(batch, schema=schema)
-        part = spark.createDataFrame(table.to_pandas())
-        frame = part if frame is None else frame.unionByName(part)
-    if frame is None:
-        return spark.createDataFrame([], ", ".join(f"`{n}` string" for n in names))
-    return frame
+        empty = False
+        yield spark.createDataFrame(pa.Table.from_pylist(batch, schema=schema).to_pandas())
+    if empty:
+        yield spark.createDataFrame([], ", ".join(f"`{n}` string" for n in names))
 
 
 def ingest_sources(

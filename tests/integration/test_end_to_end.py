@@ -195,10 +195,7 @@ def test_malformed_predict_gets_422_naming_the_field(saas_run: PipelineRun, serv
 
 def test_oversized_batch_gets_413_naming_the_limit(saas_run: PipelineRun, served: str) -> None:
     gold = delta_frame(saas_run.tables.gold_features).head(1)
-    features = {
-        n: (None if pd.isna(v) else v)
-        for n, v in gold.iloc[0][saas_run.contract.feature_names].items()
-    }
+    features = json.loads(gold[saas_run.contract.feature_names].to_json(orient="records"))[0]
     limit = saas_run.settings.serve.max_batch_records
     body = {"records": [{"features": features}] * (limit + 1)}
     response = httpx.post(f"{served}/v1/batch_predict", json=body, timeout=60)
