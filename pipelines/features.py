@@ -127,7 +127,8 @@ def _feature_expression(spec: FeatureSpec) -> str:
         return spec.derive.sql
     default = spec.derive.aggregate.default if spec.derive.aggregate else None
     if spec.derive.aggregate and (spec.derive.aggregate.fn == "count" or default is not None):
-        return f"coalesce(`{spec.name}`, {default if default is not None else 0})"
+        # A typed literal: an untyped one let Sail widen the column to DECIMAL, which overflowed.
+        return f"coalesce(`{spec.name}`, cast({default if default is not None else 0} as double))"
     return f"`{spec.name}`"
 
 
