@@ -212,6 +212,18 @@ def _example_features(tables: Any, contract: Any) -> dict[str, Any]:
     return example
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM both stop serving cleanly (a background job starts with SIGINT ignored)."""
+    import signal
+
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
 def serve_forever(s: Settings) -> None:
     """Deploy the Serve config, print curl commands, block until Ctrl-C (Ray must be running)."""
     from ray import serve
@@ -225,6 +237,7 @@ def serve_forever(s: Settings) -> None:
     console.print(f"[bold]serving[/bold] on {url}  (OpenAPI: {url}/docs)  Ctrl-C to stop")
     for line in curl_examples(url, s):
         console.print(line, soft_wrap=True, highlight=False, markup=False)
+    _stop_on_signals()
     try:
         while True:
             time.sleep(3600)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -12,6 +13,14 @@ from churn_core.settings import RaySettings
 @contextmanager
 def ray_session(settings: RaySettings) -> Iterator[None]:
     """Join ``settings.address`` or start a local cluster bound to loopback; shut down what we started."""
+    if not settings.address and settings.node_ip_address in ("127.0.0.1", "localhost"):
+        # Ray swaps a loopback node address for the machine's external one unless it thinks it
+        # runs a single-machine (laptop) cluster; this switch keeps every Ray port on loopback.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        if "ray" in sys.modules:
+            from ray._private import ray_constants
+
+            ray_constants.ENABLE_RAY_CLUSTER = False
     import ray
 
     if ray.is_initialized():

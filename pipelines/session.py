@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -23,6 +24,8 @@ def spark_session(settings: SparkSettings) -> Iterator[SparkSession]:
     server = None
     remote = settings.remote
     if not remote:
+        # Sail logs every session at INFO on stderr; warnings are what a job's reader needs.
+        os.environ.setdefault("RUST_LOG", "warn")
         from pysail.spark import SparkConnectServer
 
         server = SparkConnectServer(settings.host, settings.port)

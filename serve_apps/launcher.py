@@ -19,7 +19,9 @@ class ServeStartError(RuntimeError):
     """The application did not reach RUNNING."""
 
 
-def load_serve_config(settings: Settings, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def load_serve_config(
+    settings: Settings, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The Serve config of ``settings`` with host, port and app args filled from settings."""
     path = settings.resolve(settings.serve.config_path)
     if not path.exists():
@@ -55,7 +57,9 @@ def deploy(settings: Settings, timeout_s: float = 180.0) -> str:
         states = {n: apps[n].status if n in apps else "NOT_STARTED" for n in names}
         if all(s == "RUNNING" for s in states.values()):
             break
-        failed = {n: apps[n].message for n in names if n in apps and apps[n].status == "DEPLOY_FAILED"}
+        failed = {
+            n: apps[n].message for n in names if n in apps and apps[n].status == "DEPLOY_FAILED"
+        }
         if failed:
             raise ServeStartError(f"Serve deploy failed: {failed}")
         if time.monotonic() > deadline:
