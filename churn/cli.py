@@ -173,6 +173,7 @@ def run_train(s: Settings) -> None:
         roc_auc=f"{m['roc_auc']:.3f}",
         pr_auc=f"{m['pr_auc']:.3f}",
         **{f"{k}_rows": v for k, v in summary.rows.items()},
+        **{k: f"{v:.1f}" for k, v in summary.phases.items()},
     )
 
 

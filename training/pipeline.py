@@ -29,6 +29,7 @@ class TrainSummary:
     version: ModelVersion
     aliases: list[str]
     rows: dict[str, int]
+    phases: dict[str, float]
     seconds: float
 
 
@@ -72,9 +73,11 @@ def train_and_register(
     splits = split_gold(gold, contract, settings.training)
     rows = {name: int(ds.count()) for name, ds in splits.items()}
     log.info("gold split", **rows, delta_version=gold.delta_version)
+    loaded = time.perf_counter()
     fit = fit_xgboost(
         splits, contract, settings.training, settings.resolve(settings.training.storage_path)
     )
+    fitted = time.perf_counter()
     model = ChurnModel.from_bytes(fit.model, contract, nthread=0)
     test = splits["test"].to_pandas()
     scores = model.predict_matrix(
@@ -102,4 +105,10 @@ def train_and_register(
     )
     for alias in aliases:
         registry.set_alias(settings.model_name, alias, version.version)
-    return TrainSummary(version, aliases, rows, time.perf_counter() - started)
+    done = time.perf_counter()
+    phases = {
+        "load_s": loaded - started,
+        "fit_s": fitted - loaded,
+        "evaluate_register_s": done - fitted,
+    }
+    return TrainSummary(version, aliases, rows, phases, done - started)
