@@ -35,7 +35,7 @@ services:
 	bash scripts/services.sh
 
 benchmark: install
-	$(BIN)/python -m benchmarks.serve_latency
+	$(BIN)/python -m benchmarks.train_overhead
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache
