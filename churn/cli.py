@@ -248,6 +248,15 @@ def serve_forever(s: Settings) -> None:
         serve.shutdown()
 
 
+def _with_ray(action: Callable[[Settings], None]) -> None:
+    """Run ``action`` with Ray started (or joined) from settings."""
+    from churn_core.ray_runtime import ray_session
+
+    s = settings()
+    with ray_session(s.ray):
+        action(s)
+
+
 @app.command("generate")
 @one_line_errors
 def generate_command(
@@ -278,22 +287,14 @@ def features_command() -> None:
 @one_line_errors
 def train_command() -> None:
     """Train with Ray Train, evaluate, register, set aliases."""
-    from churn_core.ray_runtime import ray_session
-
-    s = settings()
-    with ray_session(s.ray):
-        run_train(s)
+    _with_ray(run_train)
 
 
 @app.command("serve")
 @one_line_errors
 def serve_command() -> None:
     """Serve the champion model over HTTP until Ctrl-C."""
-    from churn_core.ray_runtime import ray_session
-
-    s = settings()
-    with ray_session(s.ray):
-        serve_forever(s)
+    _with_ray(serve_forever)
 
 
 @app.command("run")
@@ -309,7 +310,9 @@ def run_command(
 
     s = settings()
     started = time.perf_counter()
-    if s.dataset == "saas":
+    from pipelines.sample_data import SAMPLE_DATASET
+
+    if s.dataset == SAMPLE_DATASET:
         if customers:
             s = s.model_copy(
                 update={"sample": s.sample.model_copy(update={"customers": customers})}

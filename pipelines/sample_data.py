@@ -101,6 +101,9 @@ _DAY = 86_400
 _HOUR = 3_600
 _MONTH_DAYS = 30.44
 
+# The contract (configs/contracts/<name>.yaml) that describes what this module writes.
+SAMPLE_DATASET = "saas"
+
 PLANS = ("basic", "standard", "premium")
 _PLAN_P = (0.45, 0.35, 0.20)
 _PLAN_LIST_PRICE = np.array([19.99, 39.99, 69.99])
