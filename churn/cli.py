@@ -18,7 +18,9 @@ if TYPE_CHECKING:
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 models_app = typer.Typer(no_args_is_help=True, help="Inspect the model registry.")
 app.add_typer(models_app, name="models")
-console = Console(stderr=False)
+# soft_wrap: a summary or error stays one line in logs, whatever the terminal width.
+console = Console(soft_wrap=True)
+errors = Console(stderr=True, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -49,7 +51,7 @@ def one_line_errors(command: F) -> F:
 
             get_logger("churn.cli").debug("command failed", exc_info=True)
             name = command.__name__.replace("_command", "")
-            console.print(f"[red]churn {name} failed:[/red] {type(error).__name__}: {error}")
+            errors.print(f"[red]churn {name} failed:[/red] {type(error).__name__}: {error}")
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
@@ -72,7 +74,7 @@ def main_options(
     try:
         base = load_settings(env)
     except ValueError as error:
-        console.print(f"[red]churn: bad settings:[/red] {error}")
+        errors.print(f"[red]churn: bad settings:[/red] {error}")
         raise typer.Exit(2) from None
     configure_logging(base.log_level, base.log_json)
 

@@ -147,13 +147,13 @@ def test_missing_source_fails_the_job_with_one_clear_line(tmp_path: Path) -> Non
         env={"CHURN_RAW_DIR": str(tmp_path / "nowhere"), "CHURN_LAKE_DIR": str(tmp_path / "lake")},
     )
     assert result.returncode == 1
-    assert "churn ingest failed: SourceNotFoundError: raw source not found:" in result.stdout
+    assert "churn ingest failed: SourceNotFoundError: raw source not found:" in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
 
 
 def test_bad_setting_fails_with_the_field_named(tmp_path: Path) -> None:
     result = run_cli("--env", "test", "ingest", env={"CHURN_SAMPLE__CUSTOMERS": "-5"})
     assert result.returncode == 2
-    assert "sample.customers" in result.stdout
+    assert "sample.customers" in result.stderr
     result = run_cli("--env", "nope", "ingest", env={})
-    assert result.returncode == 2 and "unknown environment 'nope'" in result.stdout
+    assert result.returncode == 2 and "unknown environment 'nope'" in result.stderr
