@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +38,11 @@ class FitResult:
     best_iteration: int
     valid_auc: float
     seconds: float
+
+
+def unique_run_name(prefix: str = "churn-xgboost") -> str:
+    """A run name that no earlier run used."""
+    return f"{prefix}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
 def booster_params(settings: TrainingSettings, threads: int) -> dict[str, Any]:
@@ -91,7 +98,7 @@ def fit_xgboost(
     contract: FeatureContract,
     settings: TrainingSettings,
     storage_path: Path,
-    name: str = "churn-xgboost",
+    name: str | None = None,
 ) -> FitResult:
     """Fit on ``datasets['train']`` with early stopping on ``datasets['valid']``."""
     from ray.train import RunConfig, ScalingConfig
@@ -107,7 +114,8 @@ def fit_xgboost(
             resources_per_worker={"CPU": settings.cpus_per_worker},
         ),
         datasets={"train": datasets["train"], "valid": datasets["valid"]},
-        run_config=RunConfig(storage_path=str(storage_path), name=name),
+        # A fresh name per run: Ray Train treats a reused name as a resumed run and restores it.
+        run_config=RunConfig(storage_path=str(storage_path), name=name or unique_run_name()),
     )
     result = trainer.fit()
     if result.checkpoint is None:
