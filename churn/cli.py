@@ -68,11 +68,19 @@ def main_options(
     _State.overrides = {
         k: v for k, v in {"dataset": dataset, "raw_dir": raw_dir}.items() if v is not None
     }
+    from pydantic import ValidationError
+
     from churn_core.logging import configure_logging
     from churn_core.settings import load_settings
 
     try:
         base = load_settings(env)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+        )
+        errors.print(f"[red]churn: bad settings:[/red] {problems}")
+        raise typer.Exit(2) from None
     except ValueError as error:
         errors.print(f"[red]churn: bad settings:[/red] {error}")
         raise typer.Exit(2) from None
