@@ -7,7 +7,6 @@ settings only fill in where to listen and where the registry is.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -66,8 +65,3 @@ def deploy(settings: Settings, timeout_s: float = 180.0) -> str:
             raise ServeStartError(f"Serve apps not running after {timeout_s:.0f} s: {states}")
         time.sleep(0.5)
     return f"http://{settings.serve.host}:{settings.serve.port}"
-
-
-def serve_config_path(settings: Settings) -> Path:
-    """Absolute path of the Serve config file."""
-    return settings.resolve(settings.serve.config_path)
