@@ -208,7 +208,7 @@ def curl_examples(base_url: str, s: Settings) -> list[str]:
 
 
 def _example_features(tables: Any, contract: Any) -> dict[str, Any]:
-    """One real customer's features from gold (the highest-risk looking one is not needed)."""
+    """The first gold row's features, as a realistic example request body."""
     import math
 
     from deltalake import DeltaTable

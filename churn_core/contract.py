@@ -107,6 +107,12 @@ class Derivation(_Strict):
             )
         return self
 
+    @property
+    def event_source(self) -> str | None:
+        """The events source an aggregate or recency reads (None for column and sql)."""
+        reference = self.aggregate or self.recency
+        return reference.source if reference else None
+
 
 class FeatureSpec(_Strict):
     """One model feature: type, allowed values, missing-value policy and derivation."""
@@ -207,10 +213,10 @@ class FeatureContract(_Strict):
         if self.label.source not in self.sources:
             raise ValueError(f"label source {self.label.source!r} is not a declared source")
         for feature in self.features:
-            ref = feature.derive.aggregate or feature.derive.recency
-            if ref is not None and ref.source not in self.sources:
-                raise ValueError(f"{feature.name}: unknown source {ref.source!r}")
-            if ref is not None and self.snapshot is None:
+            event_source = feature.derive.event_source
+            if event_source is not None and event_source not in self.sources:
+                raise ValueError(f"{feature.name}: unknown source {event_source!r}")
+            if event_source is not None and self.snapshot is None:
                 raise ValueError(f"{feature.name}: aggregates need a snapshot definition")
         return self
 

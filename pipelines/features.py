@@ -65,12 +65,7 @@ def _event_features(
 
     frames = []
     for source_name, source in contract.sources.items():
-        specs = [
-            f
-            for f in contract.features
-            if (f.derive.aggregate or f.derive.recency)
-            and (f.derive.aggregate or f.derive.recency).source == source_name  # type: ignore[union-attr]
-        ]
+        specs = [f for f in contract.features if f.derive.event_source == source_name]
         if not specs:
             continue
         time_col = source.event_time or ""

@@ -73,7 +73,7 @@ def create_api(service: PredictionService) -> FastAPI:
             detail = ErrorDetail(
                 field="records",
                 message=f"{len(records)} records exceed the limit of {limit}; "
-                "score large sets with the batch scoring job (`churn score`)",
+                "score large sets offline with the batch scoring job",
             )
             content = ErrorBody(error="batch_too_large", detail=[detail]).model_dump()
             return JSONResponse(status_code=413, content=content)
