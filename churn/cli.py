@@ -241,15 +241,16 @@ def serve_forever(s: Settings) -> None:
 
     from serve_apps.launcher import deploy
 
-    with console.status("serve: deploying configs/serve"):
-        started = time.perf_counter()
-        url = deploy(s)
-    _done("serve", time.perf_counter() - started, url=url)
-    console.print(f"[bold]serving[/bold] on {url}  (OpenAPI: {url}/docs)  Ctrl-C to stop")
-    for line in curl_examples(url, s):
-        console.print(line, soft_wrap=True, highlight=False, markup=False)
+    # Before deploying: a Ctrl-C during the deploy must also stop Serve and Ray.
     _stop_on_signals()
     try:
+        with console.status("serve: deploying configs/serve"):
+            started = time.perf_counter()
+            url = deploy(s)
+        _done("serve", time.perf_counter() - started, url=url)
+        console.print(f"[bold]serving[/bold] on {url}  (OpenAPI: {url}/docs)  Ctrl-C to stop")
+        for line in curl_examples(url, s):
+            console.print(line, soft_wrap=True, highlight=False, markup=False)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
