@@ -57,6 +57,18 @@ def one_line_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM both stop serving cleanly (a background job starts with SIGINT ignored)."""
+    import signal
+
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
 @app.callback()
 def main_options(
     env: Annotated[str | None, typer.Option(help="Environment (configs/<env>.yaml).")] = None,
@@ -85,6 +97,9 @@ def main_options(
         errors.print(f"[red]churn: bad settings:[/red] {error}")
         raise typer.Exit(2) from None
     configure_logging(base.log_level, base.log_json)
+    # For every command, from the start: long jobs hold Ray and Spark, which their context
+    # managers release only if the interrupt arrives as an exception.
+    _stop_on_signals()
 
 
 def _done(stage: str, seconds: float, **counts: Any) -> None:
@@ -223,26 +238,12 @@ def _example_features(tables: Any, contract: Any) -> dict[str, Any]:
     return example
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-def _stop_on_signals() -> None:
-    """Ctrl-C and SIGTERM both stop serving cleanly (a background job starts with SIGINT ignored)."""
-    import signal
-
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
-
-
 def serve_forever(s: Settings) -> None:
     """Deploy the Serve config, print curl commands, block until Ctrl-C (Ray must be running)."""
     from ray import serve
 
     from serve_apps.launcher import deploy
 
-    # Before deploying: a Ctrl-C during the deploy must also stop Serve and Ray.
-    _stop_on_signals()
     try:
         with console.status("serve: deploying configs/serve"):
             started = time.perf_counter()
