@@ -62,7 +62,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def _stop_on_signals() -> None:
-    """Ctrl-C and SIGTERM both stop serving cleanly (a background job starts with SIGINT ignored)."""
+    """Make Ctrl-C and SIGTERM raise KeyboardInterrupt (a background job starts with SIGINT ignored)."""
     import signal
 
     signal.signal(signal.SIGINT, _interrupt)
