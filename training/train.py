@@ -8,7 +8,9 @@ round on these machines.
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -93,6 +95,21 @@ def train_worker(config: dict[str, Any]) -> None:
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
+def _fit_keeping_signal_handler(trainer: Any) -> Any:
+    """``trainer.fit()``, then put back the SIGINT handler that fit() replaces and never restores.
+
+    Ray Train installs its own handler (abort the run) for the duration of a fit; left in place,
+    it swallowed the Ctrl-C meant to stop a later ``churn serve``.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return trainer.fit()
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        return trainer.fit()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def fit_xgboost(
     datasets: dict[str, ray.data.Dataset],
     contract: FeatureContract,
@@ -117,7 +134,7 @@ def fit_xgboost(
         # A fresh name per run: Ray Train treats a reused name as a resumed run and restores it.
         run_config=RunConfig(storage_path=str(storage_path), name=name or unique_run_name()),
     )
-    result = trainer.fit()
+    result = _fit_keeping_signal_handler(trainer)
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
     with result.checkpoint.as_directory() as directory:

@@ -201,3 +201,11 @@ def test_oversized_batch_gets_413_naming_the_limit(saas_run: PipelineRun, served
     response = httpx.post(f"{served}/v1/batch_predict", json=body, timeout=60)
     assert response.status_code == 413
     assert str(limit) in response.json()["detail"][0]["message"]
+
+
+def test_training_gives_back_the_interrupt_handler(saas_run: PipelineRun) -> None:
+    """Ray Train's fit() swaps in its own SIGINT handler; left in place it swallowed Ctrl-C later."""
+    import signal
+
+    handler = signal.getsignal(signal.SIGINT)
+    assert "sigint_handler" not in getattr(handler, "__qualname__", "")
