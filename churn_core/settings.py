@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -65,6 +65,90 @@ class TrainingSettings(BaseModel):
     storage_path: Path = Path("var/ray_results")
 
 
+class FileSourceSettings(BaseModel):
+    """A source read from files under ``raw_dir`` (the embedded default, and the sample data)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["files"] = "files"
+
+
+class PostgresSourceSettings(BaseModel):
+    """A table read incrementally from PostgreSQL by an ``updated_at``-style watermark column."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["postgres"] = "postgres"
+    # postgresql://user:password@host:port/database; secret because it may carry a password.
+    url: SecretStr
+    table: str
+    watermark_column: str = "updated_at"
+    # Rows per read are bounded by the watermark range; partitions split the read over cores.
+    num_partitions: int = Field(1, ge=1)
+
+
+class KafkaSourceSettings(BaseModel):
+    """A Kafka topic read by partition and offset; offsets are kept in the bronze table."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["kafka"] = "kafka"
+    bootstrap_servers: str
+    topic: str
+    # Upper bound of one batch per partition, so a backlog is ingested in bounded commits.
+    max_records_per_partition: int = Field(2_000_000, ge=1)
+    # A partition counts as caught up when no message arrives for this long (a broker's high
+    # watermark is not trusted: Tansu reported it below the real end).
+    idle_timeout_s: float = Field(2.0, gt=0)
+    # If set, offsets are also committed to this group after each Delta commit, for lag
+    # dashboards only; the bronze table stays the source of truth for where to resume.
+    consumer_group: str | None = None
+
+
+class RestSourceSettings(BaseModel):
+    """Where a paginated REST source lives, how to authenticate, and how hard to retry."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["rest"] = "rest"
+    base_url: str
+    path: str = "/support/records"
+    auth_header: str = "Authorization"
+    token: SecretStr | None = None
+    allowed_hosts: list[str]
+    timeout_s: float = Field(default=10.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1)
+    backoff_initial_s: float = Field(default=0.5, ge=0)
+    backoff_max_s: float = Field(default=30.0, ge=0)
+    records_field: str = "records"
+    max_pages: int = Field(default=100_000, ge=1)
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        url = urlsplit(value)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError("base_url must be an absolute http(s) URL with a host")
+        # Credentials in the URL would end up in every error message and log line.
+        if url.username or url.password:
+            raise ValueError("base_url must not carry credentials; use token instead")
+        return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _normalise_hosts(cls, value: list[str]) -> list[str]:
+        # Hostnames are case-insensitive; httpx lowercases the host it parses.
+        return [host.strip().lower() for host in value]
+
+
+SourceSettings = Annotated[
+    FileSourceSettings | PostgresSourceSettings | KafkaSourceSettings | RestSourceSettings,
+    Field(discriminator="kind"),
+]
+
+
 class RegistrySettings(BaseModel):
     """Model registry location and the model name to register under."""
 
@@ -105,6 +189,8 @@ class Settings(BaseSettings):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
+    # Where each contract source is read from; a source not listed here is read from files.
+    sources: dict[str, SourceSettings] = Field(default_factory=dict)
 
     @field_validator("log_level")
     @classmethod
@@ -139,6 +225,10 @@ class Settings(BaseSettings):
     def model_name(self) -> str:
         """Registry name of this data set's model."""
         return self.registry.model_name or f"churn-{self.dataset}"
+
+    def source(self, name: str) -> SourceSettings:
+        """Connection settings of contract source ``name`` (files under ``raw_dir`` by default)."""
+        return self.sources.get(name, FileSourceSettings())
 
     @property
     def dataset_lake(self) -> Path:

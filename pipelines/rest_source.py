@@ -28,46 +28,14 @@ from types import TracebackType
 from typing import Any, Self
 
 import httpx
-import pydantic
+
+from churn_core.settings import RestSourceSettings
 
 logger = logging.getLogger(__name__)
 
 _REDACTED = "***"
 
-
-class RestSourceSettings(pydantic.BaseModel):
-    """Where the REST source lives, how to authenticate, and how hard to retry."""
-
-    model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
-
-    base_url: str
-    path: str = "/support/records"
-    auth_header: str = "Authorization"
-    token: pydantic.SecretStr | None = None
-    allowed_hosts: list[str]
-    timeout_s: float = pydantic.Field(default=10.0, gt=0)
-    max_attempts: int = pydantic.Field(default=5, ge=1)
-    backoff_initial_s: float = pydantic.Field(default=0.5, ge=0)
-    backoff_max_s: float = pydantic.Field(default=30.0, ge=0)
-    records_field: str = "records"
-    max_pages: int = pydantic.Field(default=100_000, ge=1)
-
-    @pydantic.field_validator("base_url")
-    @classmethod
-    def _check_base_url(cls, value: str) -> str:
-        url = httpx.URL(value)
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError("base_url must be an absolute http(s) URL with a host")
-        # Credentials in the URL would end up in every error message and log line.
-        if url.userinfo:
-            raise ValueError("base_url must not carry credentials; use token instead")
-        return value
-
-    @pydantic.field_validator("allowed_hosts")
-    @classmethod
-    def _normalise_hosts(cls, value: list[str]) -> list[str]:
-        # Hostnames are case-insensitive; httpx lowercases the host it parses.
-        return [host.strip().lower() for host in value]
+__all__ = ["HostNotAllowedError", "Page", "RestSource", "RestSourceError", "RestSourceSettings"]
 
 
 class RestSourceError(RuntimeError):

@@ -1,0 +1,1 @@
+"""Source connectors: each reads new records of one source system as a bronze batch."""
