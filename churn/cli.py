@@ -146,23 +146,30 @@ def run_spark_stages(s: Settings, ingest: bool = True, features: bool = True) ->
     tables = Tables(s.dataset_lake)
     with spark_session(s.spark) as spark:
         if ingest:
-            with console.status("ingest: raw sources -> bronze -> silver"):
-                bronze = ingest_sources(spark, contract, s.resolve(s.raw_dir), tables)
+            with console.status("ingest: sources -> bronze"):
+                bronze = ingest_sources(spark, contract, s, tables)
+            for batch in bronze:
+                _done(
+                    "bronze",
+                    batch.seconds,
+                    source=batch.source,
+                    origin=batch.origin,
+                    read=batch.read,
+                    appended=batch.appended,
+                    already_present=batch.already_present,
+                )
+            with console.status("validate: bronze -> silver + quarantine"):
                 silver = build_silver(spark, contract, tables)
-            _done("bronze", sum(b.seconds for b in bronze), **{b.source: b.rows for b in bronze})
             for part in silver:
                 _done(
                     "silver",
                     part.seconds,
                     source=part.source,
-                    bronze=part.bronze,
-                    silver=part.silver,
+                    read=part.read,
+                    accepted=part.accepted,
                     quarantined=part.quarantined,
-                    duplicates=part.duplicates,
-                    reconciled=part.reconciled,
+                    **part.reasons,
                 )
-                if not part.reconciled:
-                    raise RuntimeError(f"silver {part.source}: row counts do not reconcile")
         if features:
             with console.status("features: silver -> gold (point-in-time)"):
                 gold = build_gold(spark, contract, tables)

@@ -57,6 +57,9 @@ class SourceSpec(_Strict):
     event_time: str | None = None
     order_by: str | None = None
     records_field: str = "records"
+    # Events more than this many days older than the newest event already accepted are
+    # quarantined as late (they would silently change features of past snapshots).
+    max_lateness_days: int | None = Field(None, ge=0)
     columns: dict[str, SourceType]
 
     @model_validator(mode="after")

@@ -65,6 +65,13 @@ class TrainingSettings(BaseModel):
     storage_path: Path = Path("var/ray_results")
 
 
+class IngestSettings(BaseModel):
+    """How the ingestion jobs retry a failed source read (a failed attempt leaves no trace)."""
+
+    max_attempts: int = Field(3, ge=1)
+    retry_backoff_s: float = Field(2.0, ge=0)
+
+
 class FileSourceSettings(BaseModel):
     """A source read from files under ``raw_dir`` (the embedded default, and the sample data)."""
 
@@ -189,6 +196,7 @@ class Settings(BaseSettings):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
     # Where each contract source is read from; a source not listed here is read from files.
     sources: dict[str, SourceSettings] = Field(default_factory=dict)
 

@@ -24,6 +24,15 @@ class Tables:
         """Records of ``source`` rejected by validation, each with a reason."""
         return self.root / "quarantine" / source
 
+    def staging(self, source: str) -> Path:
+        """The batch being ingested for ``source``: read from the source once, then merged."""
+        return self.root / "_staging" / source
+
+    @property
+    def reconciliation(self) -> Path:
+        """Per source and bronze batch: records read, accepted into silver and quarantined."""
+        return self.root / "audit" / "reconciliation"
+
     @property
     def gold_features(self) -> Path:
         """Per-customer features and labels, one row per (customer, snapshot)."""

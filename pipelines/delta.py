@@ -7,6 +7,12 @@ from pathlib import Path
 from deltalake import DeltaTable
 
 
+def table_exists(path: Path) -> bool:
+    """True when ``path`` holds a Delta table (a ``_delta_log`` with at least one commit)."""
+    log = path / "_delta_log"
+    return log.is_dir() and any(log.glob("*.json"))
+
+
 def table_rows(path: Path) -> int:
     """Row count of the current version, from the Delta log's file statistics."""
     table = DeltaTable(str(path))

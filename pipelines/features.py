@@ -9,6 +9,7 @@ the contract, so a new data set needs a new contract file, not new code here.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -58,9 +59,10 @@ def recency_expression(contract: FeatureContract, source_time: str, rec: Recency
     return f"datediff(`{contract.snapshot_column}`, cast({last} as date))"
 
 
-def _event_features(
-    spark: SparkSession, contract: FeatureContract, tables: Tables, snapshots: DataFrame
+def event_features(
+    contract: FeatureContract, events: Mapping[str, DataFrame], snapshots: DataFrame
 ) -> list[DataFrame]:
+    """Per (entity, snapshot) aggregates of each events source, from events before the snapshot."""
     from pyspark.sql import functions as F
 
     frames = []
@@ -69,8 +71,9 @@ def _event_features(
         if not specs:
             continue
         time_col = source.event_time or ""
-        events = spark.read.format("delta").load(str(tables.silver(source_name)))
-        joined = events.join(snapshots, F.col(time_col) < F.expr(_snapshot_ts(contract)))
+        joined = events[source_name].join(
+            snapshots, F.col(time_col) < F.expr(_snapshot_ts(contract))
+        )
         expressions = []
         for spec in specs:
             if spec.derive.aggregate:
@@ -85,15 +88,16 @@ def _event_features(
     return frames
 
 
-def _entity_base(spark: SparkSession, contract: FeatureContract, tables: Tables) -> DataFrame:
+def entity_base(contract: FeatureContract, entities: DataFrame) -> DataFrame:
     """Entity rows, one per snapshot in which the entity is eligible (exists, not yet churned)."""
     from pyspark.sql import functions as F
 
-    entities = spark.read.format("delta").load(str(tables.silver(contract.entity_source_name)))
     if contract.snapshot is None:
         return entities
     snapshot = contract.snapshot
-    dates = spark.createDataFrame([(d,) for d in snapshot.dates], f"`{snapshot.column}` date")
+    dates = entities.sparkSession.createDataFrame(
+        [(d,) for d in snapshot.dates], f"`{snapshot.column}` date"
+    )
     base = entities.crossJoin(dates).filter(F.col(snapshot.entity_since) < F.col(snapshot.column))
     if contract.label.kind == "event_within_horizon":
         label_col = contract.label.column
@@ -127,15 +131,21 @@ def _feature_expression(spec: FeatureSpec) -> str:
     return f"`{spec.name}`"
 
 
-def gold_frame(spark: SparkSession, contract: FeatureContract, tables: Tables) -> DataFrame:
-    """The gold feature frame (not yet written), columns in contract order."""
+def gold_features(
+    contract: FeatureContract, entities: DataFrame, events: Mapping[str, DataFrame]
+) -> DataFrame:
+    """The gold feature frame from silver DataFrames: pure DataFrame code, columns in contract order.
+
+    ``entities`` is the entity source, ``events`` maps each events source name to its frame. No
+    tables are read here, so the same function runs on any Spark Connect engine.
+    """
     from pyspark.sql import functions as F
 
-    frame = _entity_base(spark, contract, tables)
+    frame = entity_base(contract, entities)
     keys = [contract.entity_key] + ([contract.snapshot_column] if contract.snapshot else [])
     if contract.snapshot:
         dates = frame.select(contract.snapshot_column).distinct()
-        for features in _event_features(spark, contract, tables, dates):
+        for features in event_features(contract, events, dates):
             frame = frame.join(features, keys, "left")
     frame = frame.withColumn(contract.label.name, F.expr(_label_expression(contract)))
     # In contract order, replacing columns in place: a derived feature sees the final values
@@ -143,6 +153,16 @@ def gold_frame(spark: SparkSession, contract: FeatureContract, tables: Tables) -
     for spec in contract.features:
         frame = frame.withColumn(spec.name, F.expr(_feature_expression(spec)))
     return frame.select(*[F.col(n).cast(k).alias(n) for n, k in contract.gold_columns()])
+
+
+def gold_frame(spark: SparkSession, contract: FeatureContract, tables: Tables) -> DataFrame:
+    """The gold feature frame over the silver Delta tables (not yet written)."""
+    entity_source = contract.entity_source_name
+    sources = {
+        name: spark.read.format("delta").load(str(tables.silver(name))) for name in contract.sources
+    }
+    events = {name: frame for name, frame in sources.items() if name != entity_source}
+    return gold_features(contract, sources[entity_source], events)
 
 
 def build_gold(spark: SparkSession, contract: FeatureContract, tables: Tables) -> GoldSummary:

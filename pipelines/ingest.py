@@ -1,147 +1,302 @@
-"""Bronze: read each raw source into a Delta table of strings, exactly as it arrived.
+"""Bronze: append each source's new records to a Delta table, exactly once, as they arrived.
 
-Every declared column is kept as text so that nothing is lost to a failed type conversion here;
-typing, and quarantining what does not type, is the silver job's work. Message-like sources keep
-the raw text of each record in ``_raw`` so a quarantined record can be inspected and replayed.
+Every declared column is kept as text so nothing is lost to a failed type conversion here;
+typing, and quarantining what does not type, is the silver job's work. Each bronze row carries
+ingestion metadata: ``_raw`` (the record as received), ``_source`` (system and object),
+``_partition``/``_offset`` (its position there, where the source has one), ``_record_id`` (its
+identity), ``_batch_id`` and ``_ingested_at``.
+
+Exactly once: a batch is read from the source once into a staging Delta table, then merged into
+bronze with an insert-only ``MERGE`` on ``_record_id``. The position to resume from (Kafka
+offsets, the PostgreSQL watermark) is read back from bronze itself, so it is committed in the
+same Delta commit as the rows: a job killed at any point resumes where the last commit ended,
+and re-reading a record that is already in bronze adds nothing.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from churn_core.contract import FeatureContract, SourceSpec
+from churn_core.faults import failpoint
+from churn_core.logging import get_logger
+from churn_core.settings import (
+    IngestSettings,
+    KafkaSourceSettings,
+    PostgresSourceSettings,
+    RestSourceSettings,
+    Settings,
+    SourceSettings,
+)
 from churn_core.tables import Tables
-from pipelines.delta import table_rows
+from pipelines.delta import table_exists, table_rows
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
+log = get_logger(__name__)
 
-# Records per Arrow batch handed to Spark Connect (well under its 128 MiB message limit).
-PAGE_BATCH_ROWS = 200_000
+BRONZE_METADATA = ["_raw", "_source", "_partition", "_offset", "_record_id", "_batch_id"]
 
 
-class SourceNotFoundError(FileNotFoundError):
-    """A configured raw source has no files."""
+class IngestError(RuntimeError):
+    """A source could not be ingested after every attempt; nothing of the batch was committed."""
 
 
 @dataclass(frozen=True)
 class BronzeSummary:
-    """What one source ingest wrote."""
+    """What one source's bronze ingest read and appended."""
 
     source: str
-    rows: int
+    origin: str
+    read: int
+    appended: int
+    batch_id: str
     seconds: float
 
+    @property
+    def already_present(self) -> int:
+        """Records read that bronze already held (re-deliveries of committed records)."""
+        return self.read - self.appended
 
-def _string_struct(spec: SourceSpec) -> str:
-    return ", ".join(f"`{name}` string" for name in spec.columns)
+
+def new_batch_id() -> str:
+    """A sortable, unique id for one ingest run."""
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
 
 
-def read_raw_source(spark: SparkSession, spec: SourceSpec, raw_dir: Path) -> Iterator[DataFrame]:
-    """Read one raw source as DataFrames of its declared columns (strings) plus ``_raw``."""
+def origin_of(spec: SourceSpec, source: SourceSettings) -> str:
+    """The ``_source`` value: which system and object the records come from."""
+    if isinstance(source, KafkaSourceSettings):
+        return f"kafka:{source.topic}"
+    if isinstance(source, PostgresSourceSettings):
+        return f"postgres:{source.table}"
+    if isinstance(source, RestSourceSettings):
+        return f"rest:{source.base_url.rstrip('/')}{source.path}"
+    return f"files:{spec.path}"
+
+
+def _bronze_of(spark: SparkSession, target: Path, origin: str) -> DataFrame | None:
     from pyspark.sql import functions as F
 
-    location = raw_dir / spec.path
-    if not location.exists():
-        raise SourceNotFoundError(f"raw source not found: {location}")
-    columns = list(spec.columns)
-    if spec.format == "parquet":
-        frame = spark.read.parquet(str(location))
-        absent = [c for c in columns if c not in frame.columns]
-        if absent:
-            raise ValueError(f"{location}: columns missing from the source: {absent}")
-        yield frame.select(
-            *[F.col(c).cast("string").alias(c) for c in columns],
-            F.lit(None).cast("string").alias("_raw"),
-        )
-    if spec.format == "csv":
-        frame = spark.read.option("header", "true").csv(str(location))
-        absent = [c for c in columns if c not in frame.columns]
-        if absent:
-            raise ValueError(f"{location}: columns missing from the source: {absent}")
-        yield frame.select(*columns, F.lit(None).cast("string").alias("_raw"))
-    if spec.format == "jsonl":
-        lines = spark.read.text(str(location))
-        parsed = lines.select(
-            F.col("value").alias("_raw"), F.from_json("value", _string_struct(spec)).alias("r")
-        )
-        yield parsed.select(*[F.col(f"r.`{c}`").alias(c) for c in columns], "_raw")
-    else:
-        yield from read_json_pages(spark, spec, location)
-
-
-def _as_text(value: Any) -> str | None:
-    if value is None:
+    if not table_exists(target):
         return None
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return json.dumps(value, sort_keys=True)
+    return spark.read.format("delta").load(str(target)).filter(F.col("_source") == origin)
 
 
-def page_records(spec: SourceSpec, location: Path) -> Iterator[dict[str, str | None]]:
-    """Records of every page file in page order, values as text, each with its raw JSON.
+def kafka_start_offsets(spark: SparkSession, target: Path, origin: str) -> dict[int, int]:
+    """Next offset to read per partition: one past the last offset committed to bronze."""
+    from pyspark.sql import functions as F
 
-    Pages are parsed here rather than by Spark: Sail splits large files into byte ranges even
-    for whole-file reads (``wholetext``, multi-line JSON), which cut pages in two and lost them.
+    bronze = _bronze_of(spark, target, origin)
+    if bronze is None:
+        return {}
+    rows = bronze.groupBy("_partition").agg(F.max("_offset").alias("last")).collect()
+    return {int(row["_partition"]): int(row["last"]) + 1 for row in rows}
+
+
+def postgres_watermark(spark: SparkSession, target: Path, origin: str, column: str) -> str | None:
+    """The highest watermark value committed to bronze, as PostgreSQL timestamp text."""
+    from pyspark.sql import functions as F
+
+    bronze = _bronze_of(spark, target, origin)
+    if bronze is None:
+        return None
+    latest = bronze.agg(F.max(F.expr(f"try_cast(`{column}` as timestamp)"))).collect()[0][0]
+    return None if latest is None else latest.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def read_source(
+    spark: SparkSession,
+    spec: SourceSpec,
+    source: SourceSettings,
+    raw_dir: Path,
+    target: Path,
+) -> Iterator[DataFrame]:
+    """New records of one source as bronze-shaped frames (columns as text, ``_raw``, position).
+
+    Frames have the declared columns, ``_raw``, ``_partition`` (string) and ``_offset``
+    (bigint, null where the source has no offsets).
     """
-    for page_file in sorted(location.glob("*.json")):
+    from pyspark.sql import functions as F
+
+    columns = list(spec.columns)
+    origin = origin_of(spec, source)
+    no_offset = F.lit(None).cast("bigint").alias("_offset")
+    if isinstance(source, KafkaSourceSettings):
+        from pipelines.sources.kafka import read_kafka_batch
+
+        start = kafka_start_offsets(spark, target, origin)
+        frame = read_kafka_batch(spark, source, columns, start)
+        yield frame.select(
+            *columns,
+            "_raw",
+            F.col("_partition").cast("string").alias("_partition"),
+            F.col("_offset").cast("bigint").alias("_offset"),
+        )
+    elif isinstance(source, PostgresSourceSettings):
+        from pipelines.sources.postgres import read_postgres_batch
+
+        since = postgres_watermark(spark, target, origin, source.watermark_column)
+        frame = read_postgres_batch(spark, source, columns, since)
+        yield frame.select(
+            *columns,
+            F.to_json(F.struct(*columns)).alias("_raw"),
+            F.lit(None).cast("string").alias("_partition"),
+            no_offset,
+        )
+    elif isinstance(source, RestSourceSettings):
+        from pipelines.sources.rest import read_rest_batch
+
+        for frame in read_rest_batch(spark, source, spec):
+            yield frame.select(*columns, "_raw", "_partition", no_offset)
+    else:
+        from pipelines.sources.files import read_file_batch
+
+        for frame in read_file_batch(spark, spec, raw_dir):
+            yield frame.select(*columns, "_raw", "_partition", no_offset)
+
+
+def stage_batch(frames: Iterator[DataFrame], staging: Path) -> None:
+    """Write the batch once to the staging table, so the source is read exactly once."""
+    for part, frame in enumerate(frames):
+        writer = frame.write.format("delta")
+        if part == 0:
+            writer = writer.mode("overwrite").option("overwriteSchema", "true")
+        else:
+            writer = writer.mode("append")
+        writer.save(str(staging))
+
+
+def with_identity(staged: DataFrame, origin: str, batch_id: str) -> DataFrame:
+    """Add ``_record_id`` and the batch metadata.
+
+    Offset sources are identified by position. Others by content: the hash of the raw record
+    plus its occurrence among identical records, so a re-read of the same data gets the same
+    ids, and a record delivered twice in one read still lands twice (silver counts it as a
+    duplicate instead of it vanishing here).
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    digest = F.sha2(F.coalesce(F.col("_raw"), F.lit("")), 256)
+    occurrence = F.row_number().over(
+        Window.partitionBy("_digest").orderBy(F.col("_partition").asc_nulls_first())
+    )
+    by_content = F.concat(F.col("_digest"), F.lit(":"), occurrence.cast("string"))
+    by_position = F.concat(
+        F.lit(origin), F.lit("/"), F.col("_partition"), F.lit("/"), F.col("_offset").cast("string")
+    )
+    identified = staged.withColumn("_digest", digest).withColumn(
+        "_record_id", F.when(F.col("_offset").isNotNull(), by_position).otherwise(by_content)
+    )
+    return identified.drop("_digest").select(
+        "*",
+        F.lit(origin).alias("_source"),
+        F.lit(batch_id).alias("_batch_id"),
+        F.current_timestamp().alias("_ingested_at"),
+    )
+
+
+def append_new_records(spark: SparkSession, batch: DataFrame, target: Path) -> None:
+    """Insert the batch's records that bronze does not hold yet (one atomic Delta commit)."""
+    if not table_exists(target):
+        batch.write.format("delta").mode("overwrite").save(str(target))
+        return
+    view = f"bronze_batch_{uuid.uuid4().hex}"
+    batch.createOrReplaceTempView(view)
+    try:
+        spark.sql(
+            f"MERGE INTO delta.`{target}` AS t USING {view} AS s "
+            "ON t._record_id = s._record_id WHEN NOT MATCHED THEN INSERT *"
+        ).collect()
+    finally:
+        spark.catalog.dropTempView(view)
+
+
+def ingest_source(
+    spark: SparkSession,
+    name: str,
+    spec: SourceSpec,
+    source: SourceSettings,
+    raw_dir: Path,
+    tables: Tables,
+) -> BronzeSummary:
+    """Read one source's new records once and append them to its bronze table exactly once."""
+    started = time.perf_counter()
+    origin = origin_of(spec, source)
+    target = tables.bronze(name)
+    staging = tables.staging(name)
+    batch_id = new_batch_id()
+    stage_batch(read_source(spark, spec, source, raw_dir, target), staging)
+    failpoint("bronze.after_stage")
+    staged = spark.read.format("delta").load(str(staging))
+    read = staged.count()
+    before = table_rows(target) if table_exists(target) else 0
+    if read:
+        append_new_records(spark, with_identity(staged, origin, batch_id), target)
+    appended = (table_rows(target) if table_exists(target) else 0) - before
+    failpoint("bronze.after_commit")
+    if isinstance(source, KafkaSourceSettings) and source.consumer_group and appended:
+        from pipelines.sources.kafka import commit_consumer_offsets
+
+        committed = kafka_start_offsets(spark, target, origin)
+        commit_consumer_offsets(source, committed)
+    if read and not appended:
+        log.info("bronze: nothing new", source=name, read=read)
+    return BronzeSummary(name, origin, read, appended, batch_id, time.perf_counter() - started)
+
+
+def ingest_with_retries(
+    spark: SparkSession,
+    name: str,
+    spec: SourceSpec,
+    source: SourceSettings,
+    raw_dir: Path,
+    tables: Tables,
+    policy: IngestSettings,
+) -> BronzeSummary:
+    """``ingest_source`` retried on failure: an attempt that failed committed nothing to bronze."""
+    from pipelines.rest_source import HostNotAllowedError
+    from pipelines.sources.files import SourceNotFoundError, SourceSchemaError
+
+    for attempt in range(1, policy.max_attempts + 1):
         try:
-            page = json.loads(page_file.read_text())
-            records = page[spec.records_field]
-        except (ValueError, KeyError, TypeError) as error:
-            raise ValueError(
-                f"{page_file}: not a page with a '{spec.records_field}' list: {error}"
-            ) from error
-        for record in records:
-            if not isinstance(record, dict):
-                yield {**dict.fromkeys(spec.columns), "_raw": json.dumps(record)}
-                continue
-            row = {name: _as_text(record.get(name)) for name in spec.columns}
-            yield {**row, "_raw": json.dumps(record, sort_keys=True)}
+            return ingest_source(spark, name, spec, source, raw_dir, tables)
+        except (SourceNotFoundError, SourceSchemaError, HostNotAllowedError):
+            raise  # a missing source or a wrong configuration does not heal by waiting
+        except Exception as error:
+            if attempt == policy.max_attempts:
+                raise IngestError(
+                    f"source {name} ({origin_of(spec, source)}): failed after {attempt} "
+                    f"attempts: {_first_line(error)}"
+                ) from error
+            log.warning(
+                "ingest attempt failed", source=name, attempt=attempt, error=_first_line(error)
+            )
+            time.sleep(policy.retry_backoff_s * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
 
 
-def read_json_pages(spark: SparkSession, spec: SourceSpec, location: Path) -> Iterator[DataFrame]:
-    """All page records (strings) as DataFrames of at most ``PAGE_BATCH_ROWS`` rows each."""
-    import pyarrow as pa
-
-    names = [*spec.columns, "_raw"]
-    schema = pa.schema([pa.field(n, pa.string()) for n in names])
-    rows = page_records(spec, location)
-    empty = True
-    while batch := list(itertools.islice(rows, PAGE_BATCH_ROWS)):
-        empty = False
-        yield spark.createDataFrame(pa.Table.from_pylist(batch, schema=schema).to_pandas())
-    if empty:
-        yield spark.createDataFrame([], ", ".join(f"`{n}` string" for n in names))
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:500]
 
 
 def ingest_sources(
-    spark: SparkSession, contract: FeatureContract, raw_dir: Path, tables: Tables
+    spark: SparkSession, contract: FeatureContract, settings: Settings, tables: Tables
 ) -> list[BronzeSummary]:
-    """Write every source of the contract to its bronze Delta table (overwrite: re-runs agree)."""
-    from pyspark.sql import functions as F
-
-    summaries = []
-    for name, spec in contract.sources.items():
-        started = time.perf_counter()
-        target = tables.bronze(name)
-        for part, frame in enumerate(read_raw_source(spark, spec, raw_dir)):
-            writer = frame.withColumn("_ingested_at", F.current_timestamp()).write.format("delta")
-            if part == 0:
-                writer = writer.mode("overwrite").option("overwriteSchema", "true")
-            else:
-                writer = writer.mode("append")
-            writer.save(str(target))
-        summaries.append(BronzeSummary(name, table_rows(target), time.perf_counter() - started))
-    return summaries
+    """Append every source's new records to its bronze table."""
+    raw_dir = settings.resolve(settings.raw_dir)
+    return [
+        ingest_with_retries(
+            spark, name, spec, settings.source(name), raw_dir, tables, settings.ingest
+        )
+        for name, spec in contract.sources.items()
+    ]

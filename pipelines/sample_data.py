@@ -1,9 +1,12 @@
-"""Deterministic sample data for a subscription business, shaped like its three source systems.
+"""Deterministic sample data for a subscription business, shaped like its source systems.
 
 ``generate_sample_data`` writes what the ingestion pipeline would find in production:
 
 * ``customers/part-NNNNN.parquet``: the customer table as PostgreSQL holds it (one file per
   chunk of customers).
+* ``plan_changes/part-NNNNN.parquet``: the plan/contract history table from the same database,
+  one row per change, ordered by ``customer_id`` then ``changed_at`` (one file per chunk of
+  customers, like ``customers``; a chunk without changes writes a file without rows).
 * ``transactions/part-NNNNN.jsonl``: billing events as the values of a Kafka topic carry them,
   one compact JSON object per line, at-least-once (about 0.5% of messages are exact duplicates)
   and out of order (shuffled within each file).
@@ -21,7 +24,9 @@ end 23:59:59]``. Every customer is drawn independently:
 
 * ``signup_date`` uniform over ``[start - 3 years, end - 30 days]``, so the table also holds
   customers who signed up, and often cancelled, before the window opens.
-* ``plan`` basic/standard/premium (45/35/20%), list price 19.99/39.99/69.99.
+* ``plan`` basic/standard/premium (45/35/20%), list price 19.99/39.99/69.99. ``plan``,
+  ``contract_type`` and ``monthly_fee`` in the customer table are the values chosen at signup
+  and never change: the current plan and contract live in the plan history (below).
   ``contract_type`` month_to_month/one_year/two_year (55/28/17%), discounted 0/8/15% off list.
   ``monthly_fee`` = list * (1 - discount) * (1 + e), e ~ N(0, 0.08) clipped to [-0.2, 0.3]:
   ``e`` is how overpriced the customer is for the plan, rounded to cents.
@@ -62,17 +67,41 @@ keeps the problem realistic: 60% of customers disengage and 50% complain before 
   (4.99/9.99/14.99) arrive at 0.05 per active month. Amounts are always positive; the event
   type says which way money moved.
 
+Plan history. Changes happen only while the customer is active inside the window; each changes
+one thing, so ``from_*`` and ``to_*`` differ in exactly one of plan and contract:
+
+* Baseline plan changes: Poisson, 0.02 per active month, uniform in time, each an upgrade or a
+  downgrade of one level (basic < standard < premium) with equal probability. A change past
+  basic or premium is not made (nothing is written), so customers on standard change plan at
+  0.02 per month and the others at 0.01.
+* Baseline contract changes (``contract_change``): Poisson, 0.01 per active month, to one of the
+  two other contract types with equal probability; the plan stays.
+* Disengagement: 30% of the customers who disengage (the usage decline above) downgrade once,
+  at a uniform time in the 90 days before the latent churn time, if that time is inside the
+  window and after signup and the customer is not on basic by then. About 10% of those who
+  churn then carry a downgrade in their last 90 days against ~1.5% per 90 days otherwise: a
+  real but modest signal.
+
+Changes apply in time order from the signup plan and contract, so every row's ``from_plan`` and
+``from_contract`` are the previous row's ``to_*`` (the signup values for the first row). The
+history does not feed back into anything else: hazard, usage and billing follow the signup
+values (fees are grandfathered), so the features above keep their skill and the history adds
+only the disengagement signal.
+
 With point-in-time features (static attributes, tenure, 90-day ticket/failure counts, recent vs
 earlier usage) XGBoost reaches ROC-AUC ~0.88 for churn within 30 days of a snapshot and ~0.81
 within 90 days; static attributes alone give ~0.73.
 
 Nothing is written outside the window, before ``signup_date`` or at/after ``cancelled_at``.
-Ids: customers ``C`` + 9-digit index from 1; events ``T<index>-<seq>`` and support records
-``R<index>-<seq>``, where ``seq`` counts the customer's events (records) in time order.
+Ids: customers ``C`` + 9-digit index from 1; events ``T<index>-<seq>``, support records
+``R<index>-<seq>`` and plan changes ``P<index>-<seq>``, where ``seq`` counts the customer's
+events (records, changes) in time order.
 
-Determinism: chunk ``i`` draws everything from ``np.random.default_rng([seed, i])``, so the same
-arguments give byte-identical files. ``chunk_size`` is part of the arguments: changing it changes
-the data, not just the file layout.
+Determinism: chunk ``i`` draws customers, transactions and support records from
+``np.random.default_rng([seed, i])`` and the plan history from its own
+``np.random.default_rng([seed, i, 1])``, so the same arguments give byte-identical files and the
+other sources do not depend on the plan history. ``chunk_size`` is part of the arguments:
+changing it changes the data, not just the file layout.
 """
 
 from __future__ import annotations
@@ -155,12 +184,21 @@ _ADDON_PER_MONTH = 0.05
 _ADDON_PRICES_CENTS = np.array([499, 999, 1499])
 _DUPLICATE_P = 0.005
 
+_PLAN_CHANGE_PER_MONTH = 0.02
+_CONTRACT_CHANGE_PER_MONTH = 0.01
+_LEAD_DOWNGRADE_P = 0.3
+# Third SeedSequence word of the plan history's generator. Not 0: numpy ignores trailing zeros,
+# so [seed, i, 0] would replay the chunk's main stream [seed, i].
+_PLAN_STREAM = 1
+
 TRANSACTION_TYPES = ("payment", "payment_failed", "addon_purchase", "refund")
 _PAYMENT, _FAILED, _ADDON, _REFUND = range(4)
 SUPPORT_TYPES = ("ticket", "usage")
 _TICKET, _USAGE = range(2)
+CHANGE_TYPES = ("upgrade", "downgrade", "contract_change")
+_UPGRADE, _DOWNGRADE, _CONTRACT_CHANGE = range(3)
 
-_SUBDIRS = ("customers", "transactions", "support")
+_SUBDIRS = ("customers", "transactions", "support", "plan_changes")
 _MAX_CUSTOMERS = 999_999_999  # customer ids have nine digits
 
 CUSTOMER_SCHEMA = pa.schema(
@@ -179,6 +217,19 @@ CUSTOMER_SCHEMA = pa.schema(
     ]
 )
 
+PLAN_CHANGE_SCHEMA = pa.schema(
+    [
+        pa.field("change_id", pa.string(), nullable=False),
+        pa.field("customer_id", pa.string(), nullable=False),
+        pa.field("changed_at", pa.timestamp("us"), nullable=False),
+        pa.field("change_type", pa.string(), nullable=False),
+        pa.field("from_plan", pa.string(), nullable=False),
+        pa.field("to_plan", pa.string(), nullable=False),
+        pa.field("from_contract", pa.string(), nullable=False),
+        pa.field("to_contract", pa.string(), nullable=False),
+    ]
+)
+
 
 @dataclass(frozen=True)
 class GenerationSummary:
@@ -188,6 +239,7 @@ class GenerationSummary:
     transactions: int
     support_records: int
     pages: int
+    plan_changes: int
     churned: int
     seconds: float
 
@@ -254,10 +306,19 @@ class _Events:
         """Sort by (customer, time) and number each customer's events from 1."""
         order = np.lexsort((self.time_s, self.customer)).astype(np.int64)
         ordered = self.take(order)
-        counts = np.bincount(ordered.customer, minlength=int(ordered.customer.max(initial=-1)) + 1)
-        group_start = np.cumsum(counts) - counts
-        seq = np.arange(len(order), dtype=np.int64) - group_start[ordered.customer] + 1
-        return ordered, seq
+        return ordered, _seq_in_group(ordered.customer)
+
+
+@dataclass(frozen=True)
+class _PlanChanges:
+    customer: I64  # index within the chunk; rows ordered by (customer, time)
+    time_s: I64
+    change_type: I64
+    from_plan: I64
+    to_plan: I64
+    from_contract: I64
+    to_contract: I64
+    seq: I64
 
 
 def generate_sample_data(
@@ -271,21 +332,22 @@ def generate_sample_data(
     page_size: int = 1_000,
     progress: Callable[[int], None] | None = None,
 ) -> GenerationSummary:
-    """Write customers, transactions and support pages for ``n_customers`` under ``out_dir``.
+    """Write customers, transactions, support pages and plan changes under ``out_dir``.
 
-    The ``customers``, ``transactions`` and ``support`` subfolders of ``out_dir`` are deleted
-    first, so the same arguments always produce the same, byte-identical tree. Customers are
-    processed in chunks of ``chunk_size`` and each chunk's files are written before the next is
-    drawn, so memory is bounded by the chunk. ``progress`` is called with the number of customers
+    The ``customers``, ``transactions``, ``support`` and ``plan_changes`` subfolders of
+    ``out_dir`` are deleted first, so the same arguments always produce the same, byte-identical
+    tree. Customers are processed in chunks of ``chunk_size`` and each chunk's files are written
+    before the next is drawn, so memory is bounded by the chunk. ``progress`` is called with the number of customers
     finished after every chunk. See the module docstring for the generative model.
 
     Args:
-        out_dir: Root folder; only its three data subfolders are replaced.
+        out_dir: Root folder; only its four data subfolders are replaced.
         n_customers: Number of customers, 1 to 999,999,999.
         seed: Non-negative seed; with the other arguments it fixes every byte written.
         start: First day of the observation window for transactions and support records.
         end: Last day of the window (inclusive); customers still active then are not cancelled.
-        chunk_size: Customers drawn and written per chunk (one parquet and jsonl file each).
+        chunk_size: Customers drawn and written per chunk (one file of each parquet and jsonl
+            source).
         page_size: Records per support page.
         progress: Optional callback receiving the number of customers finished so far.
 
@@ -303,11 +365,11 @@ def generate_sample_data(
         if directory.exists():
             shutil.rmtree(directory)
         directory.mkdir(parents=True)
-    customers_dir, transactions_dir, support_dir = dirs
+    customers_dir, transactions_dir, support_dir, plan_changes_dir = dirs
 
     formatter = _Formatter()
     pages = _PageWriter(support_dir, page_size)
-    transactions = churned = 0
+    transactions = plan_changes = churned = 0
     for chunk, first in enumerate(range(0, n_customers, chunk_size)):
         size = min(chunk_size, n_customers - first)
         rng = np.random.default_rng([seed, chunk])
@@ -331,6 +393,15 @@ def generate_sample_data(
         transactions += len(lines)
 
         pages.add(_support_lines(_draw_support(rng, customers, window), event_digits, formatter))
+
+        # Own generator: the other sources do not depend on the plan history's draws.
+        changes = _draw_plan_changes(
+            np.random.default_rng([seed, chunk, _PLAN_STREAM]), customers, window
+        )
+        pq.write_table(
+            _plan_changes_table(changes, digits), plan_changes_dir / f"part-{chunk:05d}.parquet"
+        )
+        plan_changes += len(changes.customer)
         if progress is not None:
             progress(first + size)
     pages.close()
@@ -339,6 +410,7 @@ def generate_sample_data(
         transactions=transactions,
         support_records=pages.records,
         pages=pages.pages,
+        plan_changes=plan_changes,
         churned=churned,
         seconds=time.perf_counter() - began,
     )
@@ -522,6 +594,87 @@ def _draw_support(rng: np.random.Generator, c: _Customers, window: _Window) -> _
     )
 
 
+def _draw_plan_changes(rng: np.random.Generator, c: _Customers, window: _Window) -> _PlanChanges:
+    n = len(c.signup_day)
+    limit_s = np.minimum(c.churn_s, window.end_s)
+    active_from = np.maximum(c.signup_day * _DAY, window.start_s)
+    active_s = np.maximum(limit_s - active_from, 0)
+    active_months = active_s / (_MONTH_DAYS * _DAY)
+
+    # Proposed changes as events: kind 0 moves the plan by ``scaled`` levels (+1 or -1), kind 1
+    # moves the contract by ``scaled`` (1 or 2) places round the contract types.
+    plan_cust, plan_s = _uniform_events(
+        rng, active_from, active_s, _PLAN_CHANGE_PER_MONTH * active_months
+    )
+    plan_step = np.where(rng.random(len(plan_cust)) < 0.5, 1, -1).astype(np.int64)
+    contract_cust, contract_s = _uniform_events(
+        rng, active_from, active_s, _CONTRACT_CHANGE_PER_MONTH * active_months
+    )
+    contract_shift = rng.integers(1, len(CONTRACT_TYPES), len(contract_cust))
+    lead_s = c.churn_s - _LEAD_DAYS * _DAY + rng.integers(0, _LEAD_DAYS * _DAY, n)
+    lead = (
+        c.declines
+        & (rng.random(n) < _LEAD_DOWNGRADE_P)
+        & (lead_s >= active_from)
+        & (lead_s < limit_s)
+    )
+    lead_cust = np.flatnonzero(lead).astype(np.int64)
+
+    proposed = _Events.concat(
+        [
+            _Events(plan_cust, plan_s, np.zeros_like(plan_cust), plan_step),
+            _Events(contract_cust, contract_s, np.ones_like(contract_cust), contract_shift),
+            _Events(
+                lead_cust, lead_s[lead_cust], np.zeros_like(lead_cust), np.full_like(lead_cust, -1)
+            ),
+        ]
+    )
+    ordered, seq = proposed.sorted_with_seq()
+
+    # Apply the changes in time order: the k-th change of every customer at once.
+    plan, contract = c.plan.copy(), c.contract.copy()
+    m = len(ordered.customer)
+    from_plan, to_plan = np.empty(m, np.int64), np.empty(m, np.int64)
+    from_contract, to_contract = np.empty(m, np.int64), np.empty(m, np.int64)
+    for k in range(1, int(seq.max(initial=0)) + 1):
+        at = np.flatnonzero(seq == k)
+        cust = ordered.customer[at]
+        moves_plan = ordered.kind[at] == 0
+        step = ordered.scaled[at]
+        new_plan = np.where(moves_plan, plan[cust] + step, plan[cust])
+        new_plan = np.where((new_plan < 0) | (new_plan >= len(PLANS)), plan[cust], new_plan)
+        new_contract = np.where(
+            moves_plan, contract[cust], (contract[cust] + step) % len(CONTRACT_TYPES)
+        )
+        from_plan[at], to_plan[at] = plan[cust], new_plan
+        from_contract[at], to_contract[at] = contract[cust], new_contract
+        plan[cust], contract[cust] = new_plan, new_contract
+
+    change_type = np.where(
+        ordered.kind == 1, _CONTRACT_CHANGE, np.where(ordered.scaled > 0, _UPGRADE, _DOWNGRADE)
+    )
+    made = (from_plan != to_plan) | (from_contract != to_contract)  # not past basic/premium
+    customer = ordered.customer[made]
+    return _PlanChanges(
+        customer=customer,
+        time_s=ordered.time_s[made],
+        change_type=change_type[made],
+        from_plan=from_plan[made],
+        to_plan=to_plan[made],
+        from_contract=from_contract[made],
+        to_contract=to_contract[made],
+        seq=_seq_in_group(customer),
+    )
+
+
+def _seq_in_group(customer: I64) -> I64:
+    """Number each run of equal values in a sorted array from 1."""
+    counts = np.bincount(customer, minlength=int(customer.max(initial=-1)) + 1)
+    group_start = np.cumsum(counts) - counts
+    seq: I64 = np.arange(len(customer), dtype=np.int64) - group_start[customer] + 1
+    return seq
+
+
 def _categorical(rng: np.random.Generator, p: Sequence[float], n: int) -> I64:
     edges = np.cumsum(p)
     edges[-1] = 1.0  # guard against rounding leaving a gap above the last edge
@@ -590,6 +743,22 @@ def _customers_table(c: _Customers, digits: Any, window: _Window) -> Any:
         pa.array(c.updated_s * 1_000_000, type=pa.timestamp("us")),
     ]
     return pa.Table.from_arrays(columns, schema=CUSTOMER_SCHEMA)
+
+
+def _plan_changes_table(ch: _PlanChanges, digits: Any) -> Any:
+    customer_digits = digits.take(ch.customer)
+    seq = pc.utf8_lpad(pa.array(ch.seq).cast(pa.string()), width=4, padding="0")
+    columns = [
+        pc.binary_join_element_wise("P", customer_digits, "-", seq, ""),
+        pc.binary_join_element_wise("C", customer_digits, ""),
+        pa.array(ch.time_s * 1_000_000, type=pa.timestamp("us")),
+        pa.array(CHANGE_TYPES).take(ch.change_type),
+        pa.array(PLANS).take(ch.from_plan),
+        pa.array(PLANS).take(ch.to_plan),
+        pa.array(CONTRACT_TYPES).take(ch.from_contract),
+        pa.array(CONTRACT_TYPES).take(ch.to_contract),
+    ]
+    return pa.Table.from_arrays(columns, schema=PLAN_CHANGE_SCHEMA)
 
 
 class _Formatter:
