@@ -51,7 +51,7 @@ class Page:
     """One validated page of records."""
 
     number: int
-    records: list[dict[str, Any]]
+    records: list[Any]
     next_page: int | None
 
 
@@ -164,7 +164,7 @@ class RestSource:
             yield page
             number = page.next_page
 
-    def iter_records(self, start_page: int = 1) -> Iterator[dict[str, Any]]:
+    def iter_records(self, start_page: int = 1) -> Iterator[Any]:
         """Yield every record of every page from ``start_page`` on, in server order."""
         for page in self.iter_pages(start_page):
             yield from page.records
@@ -222,8 +222,8 @@ class RestSource:
         records = body[field]
         if not isinstance(records, list):
             raise _RetryableError(f"{field!r} is a {type(records).__name__}, not a list")
-        if not all(isinstance(record, dict) for record in records):
-            raise _RetryableError(f"{field!r} holds items that are not JSON objects")
+        # Items that are not JSON objects are passed on: validation quarantines them with their
+        # raw text, where a retry would only fetch the same defect again.
         page_no = body.get("page")
         if page_no != number or isinstance(page_no, bool):
             raise _RetryableError(f"body is for page {page_no!r}, requested page {number}")

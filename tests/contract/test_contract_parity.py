@@ -9,6 +9,7 @@ import pytest
 from deltalake import DeltaTable
 
 from churn_core.contract import SPARK_SOURCE_TYPES, FeatureContract
+from pipelines.silver import SILVER_METADATA
 from serve_apps.schemas import features_model
 from tests.conftest import PipelineRun
 
@@ -36,7 +37,7 @@ def check_run(run: PipelineRun) -> None:
     # Silver: Spark cast every source column to its declared type.
     for name, source in contract.sources.items():
         silver = delta_schema(run.tables.silver(name))
-        assert silver.names == list(source.columns)
+        assert silver.names == [*source.columns, *SILVER_METADATA]
         for column, kind in source.columns.items():
             actual = silver.field(column).type
             if kind == "timestamp":

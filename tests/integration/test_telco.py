@@ -24,3 +24,18 @@ def test_telco_blank_total_charges_are_kept_not_dropped(telco_run: PipelineRun) 
     blank = gold[gold["TotalCharges"].isna()]
     assert len(blank) == 11 and (blank["tenure"] == 0).all()
     assert abs(gold["churned"].mean() - 0.265) < 0.005
+
+
+def test_every_telco_row_is_accounted_for_in_the_stored_reconciliation(
+    telco_run: PipelineRun,
+) -> None:
+    csv_rows = sum(1 for _ in (telco_run.settings.raw_dir / "Telco-Customer-Churn.csv").open()) - 1
+    ledger = DeltaTable(str(telco_run.tables.reconciliation)).to_pandas()
+    row = ledger.set_index("source").loc["customers"]
+    assert row["read"] == csv_rows == 7043
+    assert row["reconciled"] and row["read"] == row["accepted"] + row["quarantined"]
+    silver = DeltaTable(str(telco_run.tables.silver("customers"))).to_pandas()
+    quarantine = DeltaTable(str(telco_run.tables.quarantine("customers"))).to_pandas()
+    assert len(silver) == row["accepted"] and len(quarantine) == row["quarantined"]
+    # The 11 blank TotalCharges are missing values (imputed later), not rejected records.
+    assert silver["TotalCharges"].isna().sum() == 11
