@@ -291,8 +291,30 @@ def generate_command(
 @app.command("ingest")
 @one_line_errors
 def ingest_command() -> None:
-    """Raw sources -> bronze -> silver (typed, de-duplicated, quarantine)."""
+    """Sources -> bronze (new records, exactly once) -> silver + quarantine, reconciled."""
     run_spark_stages(settings(), ingest=True, features=False)
+
+
+@app.command("publish-sample")
+@one_line_errors
+def publish_sample_command() -> None:
+    """Load generated sample data into the PostgreSQL tables and Kafka topics in settings."""
+    from churn_core.contract import load_contract
+    from pipelines.sample_sources import publish_sample
+
+    s = settings()
+    started = time.perf_counter()
+    published = publish_sample(s, load_contract(s.contract_path))
+    if not published:
+        console.print("nothing to publish: no source is configured as postgres or kafka")
+    for item in published:
+        _done(
+            "publish",
+            time.perf_counter() - started,
+            source=item.source,
+            target=item.target,
+            records=item.records,
+        )
 
 
 @app.command("features")
