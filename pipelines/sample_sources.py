@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from churn_core.contract import FeatureContract
@@ -55,19 +56,18 @@ def publish_sample(
                 for line in path.read_text().splitlines()
                 if line
             ]
-            key = contract.entity_key
             produce_records(
                 source.bootstrap_servers,
                 source.topic,
                 lines,
                 partitions=SAMPLE_TOPIC_PARTITIONS,
-                key_fn=lambda line: _entity_key_of(line, key),
+                key_fn=partial(_entity_key_of, key=contract.entity_key),
             )
             published.append(Published(name, f"kafka:{source.topic}", len(lines)))
     return published
 
 
-def _entity_key_of(line: str, key: str) -> str:
+def _entity_key_of(line: str, *, key: str) -> str:
     """The entity key of a JSON line (a line that is not a JSON object gets an empty key)."""
     try:
         record = json.loads(line)

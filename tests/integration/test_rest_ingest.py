@@ -11,6 +11,7 @@ from churn_core.contract import load_contract
 from churn_core.settings import IngestSettings, RestSourceSettings
 from churn_core.tables import Tables
 from pipelines.ingest import IngestError, ingest_with_retries
+from pipelines.rest_source import HostNotAllowedError
 from pipelines.sample_data import generate_sample_data
 from pipelines.silver import build_source_silver
 from tests.conftest import REPO_ROOT
@@ -107,6 +108,6 @@ def test_a_host_off_the_allowlist_is_never_contacted(
     tables = Tables(tmp_path / "lake")
     with serve_support_api(raw / "support", token=TOKEN) as api:
         settings = rest_settings(api.url).model_copy(update={"allowed_hosts": ["api.example.com"]})
-        with pytest.raises(Exception, match="not in allowed_hosts|allowed"):
+        with pytest.raises(HostNotAllowedError, match="allowed_hosts"):
             ingest_with_retries(spark, "support", SPEC, settings, raw, tables, IngestSettings())  # type: ignore[arg-type]
         assert api.requests == 0
