@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import re
@@ -16,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipelines import sample_data
 from pipelines.sample_data import GenerationSummary, generate_sample_data
 
 N_CUSTOMERS = 4_000
@@ -40,6 +42,17 @@ EXPECTED_SCHEMA = [
     ("cancelled_at", pa.timestamp("us")),
     ("updated_at", pa.timestamp("us")),
 ]
+PLAN_CHANGE_SCHEMA = [
+    ("change_id", pa.string()),
+    ("customer_id", pa.string()),
+    ("changed_at", pa.timestamp("us")),
+    ("change_type", pa.string()),
+    ("from_plan", pa.string()),
+    ("to_plan", pa.string()),
+    ("from_contract", pa.string()),
+    ("to_contract", pa.string()),
+]
+PLAN_LEVEL = {"basic": 0, "standard": 1, "premium": 2}
 
 
 @dataclass(frozen=True)
@@ -52,6 +65,7 @@ class Dataset:
     transactions: pd.DataFrame  # one row per message, duplicates included
     pages: list[tuple[Path, dict[str, Any]]]
     support: pd.DataFrame
+    plan_changes: pd.DataFrame
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -95,7 +109,10 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
     ]
     support = pd.DataFrame([record for _, page in pages for record in page["records"]])
     support["record_time"] = _parse_times(support["record_time"])
-    return Dataset(out_dir, summary, seen, customers, lines, transactions, pages, support)
+    plan_changes = pq.read_table(out_dir / "plan_changes").to_pandas()
+    return Dataset(
+        out_dir, summary, seen, customers, lines, transactions, pages, support, plan_changes
+    )
 
 
 def _with_customer(events: pd.DataFrame, customers: pd.DataFrame) -> pd.DataFrame:
@@ -117,6 +134,8 @@ def test_layout_one_file_per_chunk(data: Dataset) -> None:
     assert names == [f"part-{i:05d}.parquet" for i in range(chunks)]
     names = sorted(p.name for p in (data.out_dir / "transactions").iterdir())
     assert names == [f"part-{i:05d}.jsonl" for i in range(chunks)]
+    names = sorted(p.name for p in (data.out_dir / "plan_changes").iterdir())
+    assert names == [f"part-{i:05d}.parquet" for i in range(chunks)]
     assert data.progress == [1_500, 3_000, 4_000]
 
 
@@ -160,6 +179,7 @@ def test_summary_matches_files(data: Dataset) -> None:
     assert s.transactions == len(data.transaction_lines) == len(data.transactions)
     assert s.support_records == len(data.support)
     assert s.pages == len(data.pages)
+    assert s.plan_changes == len(data.plan_changes)
     assert s.churned == int(data.customers["cancelled_at"].notna().sum())
     assert s.seconds > 0
 
@@ -173,7 +193,36 @@ def test_same_arguments_give_identical_bytes(tmp_path: Path) -> None:
     generate_sample_data(tmp_path / "b", **args)
     first, second = _files(tmp_path / "a"), _files(tmp_path / "b")
     assert len(first) > 5
+    assert "plan_changes/part-00002.parquet" in first
     assert first == second
+
+
+def test_other_sources_do_not_depend_on_the_plan_history(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The plan history has its own generator: without it, every other file is unchanged.
+    args: dict[str, Any] = {"n_customers": 900, "seed": 4, "chunk_size": 400, "page_size": 150}
+    generate_sample_data(tmp_path / "with", **args)
+    fields = dataclasses.fields(sample_data._PlanChanges)
+
+    def no_changes(rng: np.random.Generator, c: Any, window: Any) -> Any:
+        return sample_data._PlanChanges(**{f.name: np.empty(0, np.int64) for f in fields})
+
+    monkeypatch.setattr(sample_data, "_draw_plan_changes", no_changes)
+    summary = generate_sample_data(tmp_path / "without", **args)
+    assert summary.plan_changes == 0
+    with_history, without = _files(tmp_path / "with"), _files(tmp_path / "without")
+    assert with_history.keys() == without.keys()
+    others = [k for k in without if not k.startswith("plan_changes/")]
+    assert len(others) > 5
+    assert all(with_history[k] == without[k] for k in others)
+    assert (
+        with_history["plan_changes/part-00000.parquet"]
+        != without["plan_changes/part-00000.parquet"]
+    )
+    empty = pq.read_table(tmp_path / "without" / "plan_changes" / "part-00000.parquet")
+    assert empty.num_rows == 0
+    assert [(f.name, f.type) for f in empty.schema] == PLAN_CHANGE_SCHEMA
 
 
 def test_different_seed_gives_different_data(tmp_path: Path) -> None:
@@ -181,7 +230,11 @@ def test_different_seed_gives_different_data(tmp_path: Path) -> None:
     generate_sample_data(tmp_path / "b", 500, seed=2)
     first, second = _files(tmp_path / "a"), _files(tmp_path / "b")
     assert first.keys() & second.keys()
-    for name in ("customers/part-00000.parquet", "transactions/part-00000.jsonl"):
+    for name in (
+        "customers/part-00000.parquet",
+        "transactions/part-00000.jsonl",
+        "plan_changes/part-00000.parquet",
+    ):
         assert first[name] != second[name]
 
 
@@ -326,6 +379,108 @@ def test_single_empty_page_when_no_records(tmp_path: Path) -> None:
     assert pages == [
         {"page": 1, "page_size": 10, "records": [], "next_page": None, "total_pages": 1}
     ]
+
+
+# --- plan changes -------------------------------------------------------------------------------
+
+
+def test_plan_changes_schema_is_exact(data: Dataset) -> None:
+    for path in sorted((data.out_dir / "plan_changes").glob("*.parquet")):
+        schema = pq.read_schema(path)
+        assert [(f.name, f.type) for f in schema] == PLAN_CHANGE_SCHEMA
+        assert schema.metadata is None or b"pandas" not in schema.metadata
+
+
+def test_plan_changes_are_well_formed(data: Dataset) -> None:
+    ch = data.plan_changes
+    assert len(ch) > 300
+    assert ch.notna().all().all()
+    assert ch["change_id"].is_unique
+    assert set(ch["customer_id"]) <= set(data.customers["customer_id"])
+    ids = ch["change_id"].str.extract(r"^P(\d{9})-(\d{4})$")
+    assert ids.notna().all().all()
+    assert ("C" + ids[0]).equals(ch["customer_id"])
+    # Whole seconds.
+    assert (ch["changed_at"] == ch["changed_at"].dt.floor("s")).all()
+    # The table is ordered by customer, then time, and seq numbers each customer's changes.
+    ordered = ch.sort_values(["customer_id", "changed_at"], kind="stable")
+    assert ordered.index.equals(ch.index)
+    assert (ids[1].astype(int) == ch.groupby("customer_id").cumcount() + 1).all()
+
+
+def test_plan_changes_move_one_thing_within_valid_values(data: Dataset) -> None:
+    ch = data.plan_changes
+    assert set(ch["change_type"]) == {"upgrade", "downgrade", "contract_change"}
+    assert set(ch["from_plan"]) | set(ch["to_plan"]) == set(PLAN_LEVEL)
+    contracts = {"month_to_month", "one_year", "two_year"}
+    assert set(ch["from_contract"]) | set(ch["to_contract"]) == contracts
+    step = ch["to_plan"].map(PLAN_LEVEL) - ch["from_plan"].map(PLAN_LEVEL)
+    same_contract = ch["from_contract"] == ch["to_contract"]
+    kind = ch["change_type"]
+    assert ((step == 1) & same_contract)[kind == "upgrade"].all()
+    assert ((step == -1) & same_contract)[kind == "downgrade"].all()
+    assert ((step == 0) & ~same_contract)[kind == "contract_change"].all()
+
+
+def test_plan_history_chains_from_the_signup_values(data: Dataset) -> None:
+    ch = data.plan_changes.merge(
+        data.customers[["customer_id", "plan", "contract_type"]], on="customer_id"
+    )
+    by_customer = ch.groupby("customer_id")
+    previous_plan = by_customer["to_plan"].shift().fillna(ch["plan"])
+    previous_contract = by_customer["to_contract"].shift().fillna(ch["contract_type"])
+    assert (ch["from_plan"] == previous_plan).all()
+    assert (ch["from_contract"] == previous_contract).all()
+    assert (by_customer.size() > 1).sum() > 20  # the chain is exercised
+
+
+def test_plan_changes_respect_signup_cancel_and_window(data: Dataset) -> None:
+    ch = _with_customer(data.plan_changes, data.customers)
+    assert (ch["changed_at"] >= ch["signup_date"]).all()
+    assert (ch["changed_at"] >= WINDOW_START).all()
+    assert (ch["changed_at"] < WINDOW_END).all()
+    cancelled = ch[ch["cancelled_at"].notna()]
+    assert (cancelled["changed_at"] < cancelled["cancelled_at"]).all()
+    gone = data.customers[data.customers["cancelled_at"] < WINDOW_START]
+    assert not set(gone["customer_id"]) & set(ch["customer_id"])
+
+
+def test_plan_change_baseline_rates(data: Dataset) -> None:
+    c = data.customers
+    stayers = c[c["cancelled_at"].isna()]
+    months = float(_active_months(stayers).sum())
+    ch = data.plan_changes
+    counts = ch[ch["customer_id"].isin(stayers["customer_id"])]["change_type"].value_counts()
+    # Proposed at 0.02 (plans, half of them impossible at basic/premium) and 0.01 (contracts).
+    assert 0.007 < counts["contract_change"] / months < 0.013
+    plan_rate = (counts["upgrade"] + counts["downgrade"]) / months
+    assert 0.01 < plan_rate < 0.018, plan_rate
+    assert 0.5 < counts["upgrade"] / counts["downgrade"] < 2.5
+
+
+def test_customer_table_keeps_the_signup_plan(data: Dataset) -> None:
+    # The fee charged is the signup fee even after plan changes (grandfathered).
+    changed = set(data.plan_changes["customer_id"])
+    tx = data.transactions
+    payments = tx[(tx["event_type"] == "payment") & tx["customer_id"].isin(changed)]
+    payments = payments.merge(data.customers[["customer_id", "monthly_fee"]], on="customer_id")
+    assert len(payments) > 1_000
+    assert np.allclose(payments["amount"], payments["monthly_fee"])
+
+
+def test_churners_downgrade_before_cancelling(data: Dataset) -> None:
+    c = data.customers
+    churners = _churned_in_window(c)
+    stayers = c[c["cancelled_at"].isna()]
+    downgrades = data.plan_changes[data.plan_changes["change_type"] == "downgrade"]
+    lead = downgrades.merge(churners[["customer_id", "cancelled_at"]], on="customer_id")
+    lead = lead[lead["changed_at"] >= lead["cancelled_at"] - pd.Timedelta(days=90)]
+    lead_share = lead["customer_id"].nunique() / len(churners)
+    stayer_downgrades = downgrades["customer_id"].isin(stayers["customer_id"]).sum()
+    per_90_days = stayer_downgrades / float(_active_months(stayers).sum()) * 90 / 30.44
+    # A real signal (several times the baseline), but modest: most churners do not downgrade.
+    assert lead_share > 3 * per_90_days, (lead_share, per_90_days)
+    assert 0.04 < lead_share < 0.2, lead_share
 
 
 # --- churn drivers ------------------------------------------------------------------------------
