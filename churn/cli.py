@@ -129,6 +129,7 @@ def run_generate(s: Settings) -> None:
         customers=summary.customers,
         transactions=summary.transactions,
         support_records=summary.support_records,
+        plan_changes=summary.plan_changes,
         churned=summary.churned,
     )
 
