@@ -66,6 +66,7 @@ __all__ = [
     "commit_consumer_offsets",
     "ensure_topic",
     "list_partitions",
+    "parse_fields",
     "produce_records",
     "read_kafka_batch",
     "register_kafka_source",
@@ -457,6 +458,8 @@ class _PartitionRead:
                             break
                 if builder.rows >= _BATCH_ROWS:
                     yield builder.flush()
+                    # Time the engine spent on the batch is not the broker's silence.
+                    last_activity = time.monotonic()
                 idle = time.monotonic() - last_activity
                 if end_confirmed and idle >= opts.idle_timeout_s:
                     break  # caught up: at the end by the broker's word, and nothing since
