@@ -1,6 +1,6 @@
 """Failpoints: named places where a fault-injection test can make a job die on the spot.
 
-A test sets ``CHURN_FAILPOINTS=bronze.after_commit`` (comma-separated names) on a job's
+A test sets ``CHURN_FAILPOINTS=bronze.after_commit.transactions`` (comma-separated names) on a job's
 environment; the job then exits with ``FAILPOINT_EXIT_CODE`` at that point, without cleanup, as
 a killed process would. Unset, a failpoint costs one dictionary lookup.
 """

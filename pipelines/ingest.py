@@ -235,17 +235,18 @@ def ingest_source(
     staging = tables.staging(name)
     batch_id = new_batch_id()
     stage_batch(read_source(spark, spec, source, raw_dir, target), staging)
-    failpoint("bronze.after_stage")
+    failpoint(f"bronze.after_stage.{name}")
     staged = spark.read.format("delta").load(str(staging))
     read = staged.count()
     before = table_rows(target) if table_exists(target) else 0
     if read:
         append_new_records(spark, with_identity(staged, origin, batch_id), target)
     appended = (table_rows(target) if table_exists(target) else 0) - before
-    failpoint("bronze.after_commit")
-    if isinstance(source, KafkaSourceSettings) and source.consumer_group and appended:
+    failpoint(f"bronze.after_commit.{name}")
+    if isinstance(source, KafkaSourceSettings) and source.consumer_group and table_exists(target):
         from pipelines.sources.kafka import commit_consumer_offsets
 
+        # Also after a run that read nothing: the previous run may have died before this step.
         committed = kafka_start_offsets(spark, target, origin)
         try:
             commit_consumer_offsets(source, committed)

@@ -402,9 +402,9 @@ def build_source_silver(
     staged = spark.read.format("delta").load(str(staging))
 
     write_quarantine(spark, staged, spec, name, tables.quarantine(name))
-    failpoint("silver.after_quarantine")
+    failpoint(f"silver.after_quarantine.{name}")
     upsert_silver(spark, staged, spec, silver_path)
-    failpoint("silver.after_upsert")
+    failpoint(f"silver.after_upsert.{name}")
 
     per_batch = _count_outcomes(spark, staged, tables.quarantine(name), read_per_batch)
     store_reconciliation(spark, tables, name, per_batch)
