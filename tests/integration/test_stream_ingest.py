@@ -15,6 +15,7 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import pytest
@@ -29,7 +30,9 @@ from pipelines.sample_data import generate_sample_data
 from pipelines.silver import build_source_silver
 from pipelines.sources.kafka import produce_records
 from tests.conftest import REPO_ROOT
-from tests.fixtures.kafka import ProxiedKafka, TansuBroker
+
+if TYPE_CHECKING:
+    from tests.fixtures.kafka import ProxiedKafka, TansuBroker
 
 pytest_plugins = ("tests.fixtures.kafka",)
 pytestmark = pytest.mark.integration
