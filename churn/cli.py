@@ -180,6 +180,7 @@ def run_spark_stages(s: Settings, ingest: bool = True, features: bool = True) ->
                 rows=gold.rows,
                 snapshots=gold.snapshots,
                 positives=gold.positives,
+                written=gold.written,
             )
 
 

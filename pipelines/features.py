@@ -8,14 +8,19 @@ the contract, so a new data set needs a new contract file, not new code here.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+from deltalake import DeltaTable
 
 from churn_core.contract import Aggregate, FeatureContract, FeatureSpec, Recency
 from churn_core.tables import Tables
-from pipelines.delta import table_rows
+from pipelines.delta import table_exists, table_rows
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -29,6 +34,7 @@ class GoldSummary:
     snapshots: int
     positives: int
     seconds: float
+    written: bool = True
 
 
 def _snapshot_ts(contract: FeatureContract, days: int = 0) -> str:
@@ -165,13 +171,41 @@ def gold_frame(spark: SparkSession, contract: FeatureContract, tables: Tables) -
     return gold_features(contract, sources[entity_source], events)
 
 
+def gold_inputs(contract: FeatureContract, tables: Tables) -> dict[str, object]:
+    """What a gold build depends on: the contract's content and each silver table's version."""
+    return {
+        "contract_sha256": hashlib.sha256(contract.model_dump_json().encode()).hexdigest(),
+        "silver_versions": {
+            name: DeltaTable(str(tables.silver(name))).version() for name in contract.sources
+        },
+    }
+
+
+def last_gold_inputs(target: Path) -> dict[str, object] | None:
+    """The inputs recorded with the current gold version (None if there is no gold yet)."""
+    if not table_exists(target):
+        return None
+    metadata = DeltaTable(str(target)).history(1)[0].get("userMetadata")
+    if not metadata:
+        return None
+    recorded: dict[str, object] = json.loads(metadata)
+    return recorded
+
+
 def build_gold(spark: SparkSession, contract: FeatureContract, tables: Tables) -> GoldSummary:
-    """Write the gold feature table (overwrite: the same inputs always give the same table)."""
+    """Write the gold feature table, recording its inputs in the Delta commit.
+
+    When neither the contract nor any silver table changed since the last build, nothing is
+    written: re-running the job leaves the table at the same version.
+    """
     started = time.perf_counter()
     target = tables.gold_features
-    gold_frame(spark, contract, tables).write.format("delta").mode("overwrite").option(
-        "overwriteSchema", "true"
-    ).save(str(target))
+    inputs = gold_inputs(contract, tables)
+    written = last_gold_inputs(target) != inputs
+    if written:
+        gold_frame(spark, contract, tables).write.format("delta").mode("overwrite").option(
+            "overwriteSchema", "true"
+        ).option("userMetadata", json.dumps(inputs, sort_keys=True)).save(str(target))
     stats = (
         spark.read.format("delta")
         .load(str(target))
@@ -183,4 +217,5 @@ def build_gold(spark: SparkSession, contract: FeatureContract, tables: Tables) -
         snapshots=len(contract.snapshot.dates) if contract.snapshot else 0,
         positives=int(stats or 0),
         seconds=time.perf_counter() - started,
+        written=written,
     )

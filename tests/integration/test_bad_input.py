@@ -20,6 +20,7 @@ from deltalake import DeltaTable
 
 from churn_core.contract import load_contract
 from churn_core.tables import Tables
+from pipelines.features import build_gold
 from pipelines.ingest import ingest_sources
 from pipelines.sample_data import generate_sample_data
 from pipelines.silver import REASON_CODES, SilverSummary, build_silver
@@ -211,15 +212,19 @@ def delta_state(lake: Path) -> dict[str, tuple[int, pd.DataFrame]]:
     return state
 
 
-def test_rerunning_ingest_on_the_same_input_leaves_every_table_unchanged(
+def test_rerunning_every_job_on_the_same_input_leaves_every_table_unchanged(
     spark: object, dirty_raw: Path, tmp_path: Path
 ) -> None:
+    tables = Tables(tmp_path / "lake" / "saas")
     ingest(spark, dirty_raw, tmp_path / "lake")
+    assert build_gold(spark, CONTRACT, tables).written  # type: ignore[arg-type]
     before = delta_state(tmp_path / "lake" / "saas")
     again = ingest(spark, dirty_raw, tmp_path / "lake")
     assert all(s.read == 0 for s in again.values())
+    assert not build_gold(spark, CONTRACT, tables).written  # type: ignore[arg-type]
     after = delta_state(tmp_path / "lake" / "saas")
     persistent = {k for k in before if not k.startswith("_staging")}
+    assert {"gold/features", "audit/reconciliation", "silver/customers"} <= persistent
     assert persistent <= set(after)
     for name in persistent:
         assert after[name][0] == before[name][0], f"{name} got a new Delta version"
