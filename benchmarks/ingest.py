@@ -25,6 +25,7 @@ import gc
 import hashlib
 import io
 import json
+import os
 import re
 import resource
 import shutil
@@ -63,6 +64,7 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONTRACT = PACKAGE_CONFIG_DIR / "contracts" / f"{sample_data.SAMPLE_DATASET}.yaml"
 FLOAT_TOLERANCE = 1e-9
+SILVER_FORMAT = b"silver-v1"  # part of the silver cache key: bump when the silver build changes
 
 # How each contract type is parsed from the raw files (text-like types as text, cast afterwards)
 # and stored in silver (what Spark writes for SPARK_SOURCE_TYPES: timestamps are UTC instants).
@@ -215,7 +217,7 @@ def cached_silver(
     contract: FeatureContract, contract_text: bytes, raw: Path
 ) -> tuple[dict[str, Path], dict[str, dict[str, int]]]:
     """Typed, de-duplicated silver Delta tables of every contract source, built once per contract."""
-    folder = raw.parent / f"silver-{_digest(contract_text)}"
+    folder = raw.parent / f"silver-{_digest(SILVER_FORMAT, contract_text)}"
     marker = folder / "silver.json"
     paths = {name: folder / name for name in contract.sources}
     if marker.exists():
@@ -250,18 +252,16 @@ def cached_silver(
 
 def sail_gold(
     spark: SparkSession, contract: FeatureContract, silver: Mapping[str, Path], target: Path
-) -> float:
-    """Seconds to run ``gold_features`` over the silver tables and commit the gold table."""
+) -> None:
+    """Run ``gold_features`` over the silver Delta tables and commit the gold Delta table."""
     from pipelines.features import gold_features
 
-    started = time.perf_counter()
     frames = {n: spark.read.format("delta").load(str(p)) for n, p in silver.items()}
     entity = contract.entity_source_name
     events = {n: f for n, f in frames.items() if n != entity}
     gold_features(contract, frames[entity], events).write.format("delta").mode("overwrite").option(
         "overwriteSchema", "true"
     ).save(str(target))
-    return time.perf_counter() - started
 
 
 # --- polars: the same contract, single process --------------------------------------------------
@@ -458,9 +458,8 @@ class PolarsGold:
 
 def polars_gold(
     contract: FeatureContract, silver: Mapping[str, Path], target: Path, time_zone: str
-) -> float:
-    """Seconds to compute the gold frame in polars from the silver tables and commit it."""
-    started = time.perf_counter()
+) -> None:
+    """Compute the gold frame in polars from the silver Delta tables and commit it to Delta."""
     frames = {n: pl.scan_delta(str(p)) for n, p in silver.items()}
     entity = contract.entity_source_name
     events = {n: f for n, f in frames.items() if n != entity}
@@ -471,7 +470,6 @@ def polars_gold(
         mode="overwrite",
         schema_mode="overwrite",
     )
-    return time.perf_counter() - started
 
 
 # --- checks and report --------------------------------------------------------------------------
@@ -518,8 +516,48 @@ def compare_gold(contract: FeatureContract, sail_path: Path, base_path: Path) ->
     return sail
 
 
-def _median_run(runs: list[float]) -> float:
-    return statistics.median(runs)
+def snapshot_pairs(
+    contract: FeatureContract, silver: Mapping[str, Path], dates: list[Any], time_zone: str
+) -> dict[str, int]:
+    """Per events source with features: (event, snapshot) pairs with the event before the snapshot.
+
+    This is the row count both engines aggregate after the point-in-time join (the job's real
+    work: every event counts once for each later snapshot).
+    """
+    pairs = {}
+    for name, source in contract.sources.items():
+        if not any(f.derive.event_source == name for f in contract.features):
+            continue
+        times = pl.scan_delta(str(silver[name])).select(source.event_time or "")
+        instants = [
+            pl.lit(d, dtype=pl.Date)
+            .cast(pl.Datetime("us"))
+            .dt.replace_time_zone(time_zone)
+            .dt.convert_time_zone("UTC")
+            for d in dates
+        ]
+        counts = times.select(
+            [
+                (pl.col(source.event_time or "") < t).sum().alias(str(i))
+                for i, t in enumerate(instants)
+            ]
+        ).collect()
+        pairs[name] = int(sum(counts.row(0)))
+    return pairs
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process: Sail runs in-process, so its worker threads count here too."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measure(run: Callable[[], None]) -> tuple[float, float]:
+    """Wall and CPU seconds of one run."""
+    gc.collect()
+    wall, cpu = time.perf_counter(), _cpu_seconds()
+    run()
+    return time.perf_counter() - wall, _cpu_seconds() - cpu
 
 
 def _peak_rss_gib() -> float:
@@ -548,87 +586,108 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _print_plan(spark: SparkSession, contract: FeatureContract, silver: Mapping[str, Path]) -> None:
+    from pipelines.features import gold_features
+
+    frames = {n: spark.read.format("delta").load(str(p)) for n, p in silver.items()}
+    entity = contract.entity_source_name
+    events = {n: f for n, f in frames.items() if n != entity}
+    gold_features(contract, frames[entity], events).explain(mode="formatted")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Prepare (or reuse) the inputs, time both engines alternately, check and print."""
     from pipelines.session import spark_session
 
     args = parse_args(argv)
-    contract_text = args.contract.read_bytes()
     contract = load_contract(args.contract)
     raw, generated = cached_sample_data(args.cache_dir, args.customers, args.seed)
-    silver, counts = cached_silver(contract, contract_text, raw)
+    silver, counts = cached_silver(contract, args.contract.read_bytes(), raw)
     gold_dir = raw.parent / "gold"
     sail_path, base_path = gold_dir / "sail", gold_dir / "polars"
-    for path in (sail_path, base_path):
-        if path.exists():
-            shutil.rmtree(path)
+    if gold_dir.exists():
+        shutil.rmtree(gold_dir)
 
-    sail_runs: list[float] = []
-    base_runs: list[float] = []
+    load_before = os.getloadavg()[0]
+    timings: dict[str, list[tuple[float, float]]] = {"Sail": [], "polars": []}
     with spark_session(SparkSettings()) as spark:
         time_zone = str(spark.conf.get("spark.sql.session.timeZone"))
         if args.explain:
-            from pipelines.features import gold_features
-
-            frames = {n: spark.read.format("delta").load(str(p)) for n, p in silver.items()}
-            entity = contract.entity_source_name
-            events = {n: f for n, f in frames.items() if n != entity}
-            gold_features(contract, frames[entity], events).explain(mode="formatted")
-        runs: list[tuple[list[float], Callable[[], float]]] = [
-            (sail_runs, lambda: sail_gold(spark, contract, silver, sail_path)),
-            (base_runs, lambda: polars_gold(contract, silver, base_path, time_zone)),
-        ]
+            _print_plan(spark, contract, silver)
+        runs: dict[str, Callable[[], None]] = {
+            "Sail": lambda: sail_gold(spark, contract, silver, sail_path),
+            "polars": lambda: polars_gold(contract, silver, base_path, time_zone),
+        }
         for repeat in range(args.repeats):
-            for timings, run in runs:
-                gc.collect()
-                timings.append(run())
+            for engine, run in runs.items():
+                timings[engine].append(measure(run))
             print(
-                f"run {repeat + 1}/{args.repeats}: Sail {sail_runs[-1]:.2f} s, "
-                f"polars {base_runs[-1]:.2f} s",
+                f"run {repeat + 1}/{args.repeats}: "
+                + ", ".join(
+                    f"{e} {t[-1][0]:.2f} s (cpu {t[-1][1]:.1f} s)" for e, t in timings.items()
+                ),
                 flush=True,
             )
+    load_after = os.getloadavg()[0]
 
     gold = compare_gold(contract, sail_path, base_path)
     rows = table_rows(sail_path)
-    assert rows == gold.height
+    if rows != gold.height:
+        raise BenchmarkError(f"Delta log says {rows:,} gold rows, the table holds {gold.height:,}")
     positives = int(gold[contract.label.name].sum())
-    snapshots = gold[contract.snapshot_column].n_unique() if contract.snapshot else 0
+    dates = gold[contract.snapshot_column].unique().to_list() if contract.snapshot else []
     del gold
+    pairs = snapshot_pairs(contract, silver, dates, time_zone) if dates else {}
 
     entity = contract.entity_source_name
-    events = {n: c for n, c in counts.items() if n != entity}
-    inputs = sum(c["silver"] for c in counts.values())
-    sail_s, base_s = _median_run(sail_runs), _median_run(base_runs)
+    event_counts = {n: c for n, c in counts.items() if n != entity}
+    events = sum(c["silver"] for c in event_counts.values())
+    inputs = counts[entity]["silver"] + events
+    wall = {e: statistics.median(w for w, _ in t) for e, t in timings.items()}
+    cpu = {e: statistics.median(c for _, c in t) for e, t in timings.items()}
     origin = "cached" if generated["cached"] else f"generated in {generated['seconds']:.1f} s"
     print()
-    print(f"sample data: {raw} ({origin})")
+    print(f"inputs: {raw} ({origin}), silver Delta tables:")
     print(f"  {entity}: {counts[entity]['silver']:,} rows")
-    for name, c in events.items():
-        print(f"  {name}: {c['silver']:,} events in silver ({c['raw']:,} raw, duplicates dropped)")
-    print(f"gold: {rows:,} rows ({snapshots} snapshots, {positives:,} positive labels)")
+    for name, c in event_counts.items():
+        joined = f", {pairs[name]:,} (event, snapshot) pairs to aggregate" if name in pairs else ""
+        print(f"  {name}: {c['silver']:,} events ({c['raw']:,} raw){joined}")
+    print(f"gold: {rows:,} rows ({len(dates)} snapshots, {positives:,} positive labels)")
     print()
-    header = f"{'engine':<34} {'gold rows':>11} {'median s':>9} {'gold rows/s':>12} {'input rows/s':>13}  runs (s)"
+    header = (
+        f"{'engine':<32} {'gold rows':>10} {'median s':>9} {'cpu s':>7} "
+        f"{'gold rows/s':>12} {'input rows/s':>13}  runs (s)"
+    )
     print(header)
     print("-" * len(header))
-    for label, seconds, timings in (
-        ("Sail (gold_features, embedded)", sail_s, sail_runs),
-        (f"polars {pl.__version__} (single process)", base_s, base_runs),
-    ):
-        runs_text = ", ".join(f"{t:.2f}" for t in timings)
+    names = {
+        "Sail": "Sail, gold_features (embedded)",
+        "polars": f"polars {pl.__version__} (one process)",
+    }
+    for engine, label in names.items():
+        runs_text = ", ".join(f"{w:.2f}" for w, _ in timings[engine])
         print(
-            f"{label:<34} {rows:>11,} {seconds:>9.2f} {rows / seconds:>12,.0f} "
-            f"{inputs / seconds:>13,.0f}  {runs_text}"
+            f"{label:<32} {rows:>10,} {wall[engine]:>9.2f} {cpu[engine]:>7.1f} "
+            f"{rows / wall[engine]:>12,.0f} {inputs / wall[engine]:>13,.0f}  {runs_text}"
         )
-    print(f"ratio polars / Sail (seconds): {base_s / sail_s:.2f}x")
+    ratio = wall["polars"] / wall["Sail"]
+    verdict = f"Sail {ratio:.1f}x faster" if ratio >= 1 else f"Sail {1 / ratio:.1f}x slower"
     print(
-        f"correctness: Sail and polars gold tables equal on all {rows:,} rows x "
+        f"ratio polars / Sail: {ratio:.2f}x wall-clock ({verdict}), "
+        f"{cpu['polars'] / cpu['Sail']:.2f}x CPU time"
+    )
+    print(
+        f"correctness: both gold tables equal on all {rows:,} rows x "
         f"{len(contract.gold_columns())} columns (floats to {FLOAT_TOLERANCE:g} relative)"
     )
-    print(f"peak RSS of this process (both engines): {_peak_rss_gib():.1f} GiB")
     print(
-        f"summary: gold features for {counts[entity]['silver']:,} customers / "
-        f"{sum(c['silver'] for c in events.values()):,} events -> {rows:,} rows: "
-        f"Sail {sail_s:.2f} s, polars {base_s:.2f} s, polars/Sail {base_s / sail_s:.2f}x"
+        f"machine: {os.cpu_count()} cores, 1-min load average {load_before:.1f} before and "
+        f"{load_after:.1f} after; peak RSS of this process (both engines) {_peak_rss_gib():.1f} GiB"
+    )
+    print(
+        f"summary: gold job, {counts[entity]['silver']:,} customers / {events:,} events -> "
+        f"{rows:,} rows: Sail {wall['Sail']:.2f} s, polars {wall['polars']:.2f} s, "
+        f"polars/Sail {ratio:.2f}x ({verdict})"
     )
     if not args.keep:
         shutil.rmtree(gold_dir)

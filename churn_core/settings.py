@@ -90,6 +90,9 @@ class PostgresSourceSettings(BaseModel):
     url: SecretStr
     table: str
     watermark_column: str = "updated_at"
+    # Re-read this far behind the last watermark: a transaction that commits late can carry an
+    # updated_at older than rows already read. Re-read rows that did not change add nothing.
+    watermark_overlap_s: float = Field(60.0, ge=0)
     # Rows per read are bounded by the watermark range; partitions split the read over cores.
     num_partitions: int = Field(1, ge=1)
 

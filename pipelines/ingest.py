@@ -18,8 +18,9 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -101,15 +102,23 @@ def kafka_start_offsets(spark: SparkSession, target: Path, origin: str) -> dict[
     return {int(row["_partition"]): int(row["last"]) + 1 for row in rows}
 
 
-def postgres_watermark(spark: SparkSession, target: Path, origin: str, column: str) -> str | None:
-    """The highest watermark value committed to bronze, as PostgreSQL timestamp text."""
+def postgres_watermark(
+    spark: SparkSession, target: Path, origin: str, column: str, overlap_s: float = 0.0
+) -> str | None:
+    """Where the next read starts: the highest watermark committed to bronze, minus an overlap.
+
+    The overlap re-reads rows whose transaction committed late with an earlier ``updated_at``;
+    rows re-read unchanged have the same content identity and add nothing to bronze.
+    """
     from pyspark.sql import functions as F
 
     bronze = _bronze_of(spark, target, origin)
     if bronze is None:
         return None
     latest = bronze.agg(F.max(F.expr(f"try_cast(`{column}` as timestamp)"))).collect()[0][0]
-    return None if latest is None else latest.strftime("%Y-%m-%d %H:%M:%S.%f")
+    if latest is None:
+        return None
+    return (latest - timedelta(seconds=overlap_s)).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 def read_source(
@@ -143,7 +152,9 @@ def read_source(
     elif isinstance(source, PostgresSourceSettings):
         from pipelines.sources.postgres import read_postgres_batch
 
-        since = postgres_watermark(spark, target, origin, source.watermark_column)
+        since = postgres_watermark(
+            spark, target, origin, source.watermark_column, source.watermark_overlap_s
+        )
         frame = read_postgres_batch(spark, source, columns, since)
         yield frame.select(
             *columns,
@@ -220,6 +231,18 @@ def append_new_records(spark: SparkSession, batch: DataFrame, target: Path) -> N
         spark.catalog.dropTempView(view)
 
 
+@contextmanager
+def _source_errors(source: SourceSettings) -> Iterator[None]:
+    """One-line, secret-free errors for failures of a lazy source read inside Spark."""
+    if isinstance(source, PostgresSourceSettings):
+        from pipelines.sources.postgres import postgres_errors
+
+        with postgres_errors(source):
+            yield
+    else:
+        yield
+
+
 def ingest_source(
     spark: SparkSession,
     name: str,
@@ -234,7 +257,8 @@ def ingest_source(
     target = tables.bronze(name)
     staging = tables.staging(name)
     batch_id = new_batch_id()
-    stage_batch(read_source(spark, spec, source, raw_dir, target), staging)
+    with _source_errors(source):
+        stage_batch(read_source(spark, spec, source, raw_dir, target), staging)
     failpoint(f"bronze.after_stage.{name}")
     staged = spark.read.format("delta").load(str(staging))
     read = staged.count()

@@ -9,4 +9,15 @@ fi
 if command -v redis-server >/dev/null 2>&1 && ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
 fi
+# PostgreSQL JDBC driver for the JVM Spark Connect server of the engine-parity tests
+# (tests/fixtures/jvm_spark.py). Installed only if missing; a clean machine has no apt lists yet.
+if [ ! -f /usr/share/java/postgresql.jar ] && command -v apt-get >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq libpostgresql-jdbc-java >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null && apt-get install -y -qq libpostgresql-jdbc-java >/dev/null; }
+  else
+    echo "services: /usr/share/java/postgresql.jar missing; run as root: apt-get install -y libpostgresql-jdbc-java" >&2
+  fi
+fi
 echo "services: ok"

@@ -14,6 +14,9 @@ from churn_core.registry import LocalRegistry
 from churn_core.settings import Settings, load_settings
 from churn_core.tables import Tables
 
+# Real servers on loopback, one per test session, for whichever tests ask for them.
+pytest_plugins = ("tests.fixtures.kafka", "tests.fixtures.postgres", "tests.fixtures.jvm_spark")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 

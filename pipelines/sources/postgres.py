@@ -11,19 +11,19 @@ Which one a session talks to is found out by registering ``JdbcDataSource``: JVM
 the registration with ``DATA_SOURCE_ALREADY_EXISTS`` because it has a built-in ``jdbc`` source,
 Sail accepts it. The answer is cached per session; ``engine=`` overrides the detection.
 
-Every column comes back as **text**, converted inside PostgreSQL, so both engines (and their
-different type mappings: ``numeric(12,2)`` arrives as ``decimal(38,10)`` in Sail) see identical
-strings. The canonical forms are those of Spark's own ``CAST(x AS STRING)``, which the bronze
-layer applies to file sources, so a table has the same bronze rows whether it came from files or
-from PostgreSQL:
+Every column comes back as **text**, converted inside PostgreSQL (in the pushed-down SELECT),
+so both engines see identical strings despite their different type mappings (``numeric(12,2)``
+arrives as ``decimal(38,10)`` in Sail). The forms:
 
-* ``timestamp``: ``YYYY-MM-DD HH:MM:SS`` plus ``.f`` .. ``.ffffff`` when the fraction is not zero
-  (trailing zeros trimmed); ``timestamptz`` is converted to UTC first.
+* ``timestamp``: ``YYYY-MM-DD HH:MM:SS`` plus ``.f`` .. ``.ffffff`` when the fraction is not
+  zero, trailing zeros trimmed: the same string Spark's ``CAST(ts AS STRING)`` gives (on Sail and
+  JVM), which the bronze layer applies to file sources. ``timestamptz`` is converted to UTC first.
+  Lexicographic order of these strings is time order, so a watermark can be a ``max()`` of text.
 * ``date``: ``YYYY-MM-DD``; ``boolean``: ``true``/``false``.
-* ``numeric``: plain decimal text with the column's scale (``12.50``), never an exponent;
-  ``double precision``/``real``: PostgreSQL's shortest exact text (``0.1``; ``1e+20`` for
-  magnitudes of 1e15 and beyond), which Spark casts back to the same double.
-* everything else: PostgreSQL's text output (``col::text``).
+* ``numeric``: plain decimal text with the column's scale (``12.50``), never an exponent.
+* ``double precision``/``real``: PostgreSQL's shortest exact text (``0.1``, ``3``, ``1e+20``);
+  Spark would write ``3.0``/``1.0E20``, and casts either back to the same double.
+* everything else (integers, text, uuid, json, ...): PostgreSQL's text output (``col::text``).
 
 Before anything is sent to Spark the table is inspected over psycopg: that turns an unreachable
 server, a missing table or a missing column into one clear :class:`PostgresSourceError` naming
@@ -188,6 +188,11 @@ def _one_line(text: str, limit: int = 400) -> str:
         if line:
             kept.append(line)
     joined = " ".join(kept) or text.strip()
+    # pysail's messages quote the whole pushed-down query before the driver's error, which is
+    # the part worth reading: "... Query: '<SQL>'. Error: connection closed".
+    if " Query: " in joined and ". Error: " in joined:
+        head, _, _ = joined.partition(" Query: ")
+        joined = f"{head} Error: {joined.rpartition('. Error: ')[2]}"
     joined = re.sub(r"\s+", " ", joined)
     return joined if len(joined) <= limit else joined[: limit - 3] + "..."
 
@@ -204,7 +209,7 @@ def _source_error(
 # ---------------------------------------------------------------------------------------------
 
 
-def quote_ident(name: str) -> str:
+def _quote_ident(name: str) -> str:
     """``name`` as a double-quoted PostgreSQL identifier (exact, case-sensitive)."""
     if not name or "\x00" in name:
         raise ValueError(f"invalid SQL identifier {name!r}")
@@ -219,7 +224,9 @@ def _split_table(table: str) -> tuple[str | None, str]:
 
 def _quote_table(table: str) -> str:
     schema, name = _split_table(table)
-    return f"{quote_ident(schema)}.{quote_ident(name)}" if schema is not None else quote_ident(name)
+    return (
+        f"{_quote_ident(schema)}.{_quote_ident(name)}" if schema is not None else _quote_ident(name)
+    )
 
 
 def _parse_since(since: str) -> datetime:
@@ -324,7 +331,7 @@ def _timestamp_text(expr: str) -> str:
 
 def _text_expr(column: str, typname: str) -> str:
     """SQL turning ``column`` of type ``typname`` into its canonical text."""
-    col = quote_ident(column)
+    col = _quote_ident(column)
     if typname == "timestamp":
         return _timestamp_text(col)
     if typname == "timestamptz":
@@ -337,7 +344,7 @@ def _text_expr(column: str, typname: str) -> str:
 
 def _since_predicate(column: str, typname: str, since: datetime) -> str:
     literal = since.isoformat(sep=" ", timespec="microseconds")  # digits and separators only
-    col = quote_ident(column)
+    col = _quote_ident(column)
     if typname == "timestamptz":
         # Watermarks are handed out in UTC (see _text_expr), so the bound is UTC too.
         return f"{col} >= TIMESTAMP WITH TIME ZONE '{literal}+00'"
@@ -345,7 +352,7 @@ def _since_predicate(column: str, typname: str, since: datetime) -> str:
     return f"{col} >= TIMESTAMP '{literal}'"
 
 
-def build_query(
+def _build_query(
     table: str,
     columns: Sequence[str],
     info: _TableInfo,
@@ -354,14 +361,14 @@ def build_query(
     num_partitions: int,
 ) -> str:
     """The SELECT pushed to PostgreSQL (text columns, watermark filter, partition number)."""
-    select = [f"{_text_expr(c, info.types[c])} AS {quote_ident(c)}" for c in columns]
+    select = [f"{_text_expr(c, info.types[c])} AS {_quote_ident(c)}" for c in columns]
     if num_partitions > 1:
         # Hash of the primary key: stable across updates, so a row that changes while the
         # partitions are read one after another still lands in exactly one partition.
-        key = ", ".join(quote_ident(k) for k in info.primary_key)
+        key = ", ".join(_quote_ident(k) for k in info.primary_key)
         select.append(
             f"mod(hashtext(ROW({key})::text)::bigint + 2147483648, {int(num_partitions)})"
-            f" AS {quote_ident(_PART_COLUMN)}"
+            f" AS {_quote_ident(_PART_COLUMN)}"
         )
     query = f"SELECT {', '.join(select)} FROM {_quote_table(table)}"
     if since is not None:
@@ -415,36 +422,40 @@ def detect_engine(spark: SparkSession, engine: Engine = "auto") -> Literal["sail
         return found
 
 
-def _libpq_params(target: _Target) -> list[tuple[str, str]]:
-    own = {
-        "connect_timeout": str(CONNECT_TIMEOUT_S),
-        "application_name": APPLICATION_NAME,
-        "keepalives": "1",
-    }
+def _url_params(target: _Target, own: Mapping[str, str]) -> str:
+    """The URL's own query parameters, plus ours unless the URL sets them."""
     given = dict(target.params)
-    return list(target.params) + [(k, v) for k, v in own.items() if k not in given]
+    return urlencode([*target.params, *((k, v) for k, v in own.items() if k not in given)])
 
 
 def _reader(
     spark: SparkSession, engine: Literal["sail", "jvm"], target: _Target, dbtable: str
 ) -> Any:
+    """A ``jdbc`` DataFrameReader for ``dbtable`` on ``engine`` (credentials as options)."""
     base = f"jdbc:postgresql://{_host_for_url(target.host)}:{target.port}/{quote(target.database, safe='')}"
     reader = spark.read.format("jdbc").option("dbtable", dbtable)
     if engine == "sail":
         # pysail turns jdbc:postgresql://... back into a libpq URI for connectorx, so libpq
         # parameter names apply (connect_timeout, application_name, sslmode, ...).
-        reader = reader.option("url", f"{base}?{urlencode(_libpq_params(target))}")
+        own = {
+            "connect_timeout": str(CONNECT_TIMEOUT_S),
+            "application_name": APPLICATION_NAME,
+            "keepalives": "1",
+        }
+        reader = reader.option("url", f"{base}?{_url_params(target, own)}")
     else:
-        # pgjdbc names: the URL's own parameters are passed through as connection properties.
-        reader = reader.option("url", base).option("driver", "org.postgresql.Driver")
-        jdbc_props = {
+        # pgjdbc parameter names, in the URL: connection properties passed as reader options
+        # did not reach the driver through Spark Connect (ApplicationName was ignored).
+        own = {
             "connectTimeout": str(CONNECT_TIMEOUT_S),
             "ApplicationName": APPLICATION_NAME,
             "tcpKeepAlive": "true",
-            "fetchsize": str(JDBC_FETCH_SIZE),
         }
-        for key, value in [*target.params, *jdbc_props.items()]:
-            reader = reader.option(key, value)
+        reader = (
+            reader.option("url", f"{base}?{_url_params(target, own)}")
+            .option("driver", "org.postgresql.Driver")
+            .option("fetchsize", str(JDBC_FETCH_SIZE))
+        )
     if target.user is not None:
         reader = reader.option("user", target.user)
     if target.password is not None:
@@ -463,8 +474,9 @@ def read_postgres_batch(
     """Rows of ``settings.table`` with ``watermark_column >= since``, every column as text.
 
     ``since`` is inclusive (rows at exactly the previous watermark come again; the caller
-    de-duplicates them) and must parse as a timestamp (``YYYY-MM-DD[ HH:MM:SS[.ffffff]]``,
-    naive = UTC, an offset is converted to UTC); ``None`` reads the whole table. Rows whose
+    de-duplicates them) and must parse as a timestamp (``YYYY-MM-DD[ HH:MM:SS[.ffffff]]``; an
+    offset is converted to UTC, as ``timestamptz`` values are, and a ``timestamp`` column is
+    taken to hold UTC); ``None`` reads the whole table. Rows whose
     watermark is NULL are only returned by a full read. The watermark column must be a
     ``timestamp``, ``timestamptz`` or ``date``.
 
@@ -498,7 +510,7 @@ def read_postgres_batch(
             table=table,
             where=target.where,
         )
-    query = build_query(table, columns, info, settings.watermark_column, since_value, partitions)
+    query = _build_query(table, columns, info, settings.watermark_column, since_value, partitions)
 
     with postgres_errors(settings):
         found = detect_engine(spark, engine)

@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from tests.fixtures.kafka import ProxiedKafka, TansuBroker
 
 # The broker fixtures (kafka_broker, proxied_kafka) live with the broker helpers.
-pytest_plugins = ("tests.fixtures.kafka",)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

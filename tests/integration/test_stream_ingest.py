@@ -34,7 +34,6 @@ from tests.conftest import REPO_ROOT
 if TYPE_CHECKING:
     from tests.fixtures.kafka import ProxiedKafka, TansuBroker
 
-pytest_plugins = ("tests.fixtures.kafka",)
 pytestmark = pytest.mark.integration
 CONTRACT = load_contract(REPO_ROOT / "configs" / "contracts" / "saas.yaml")
 SPEC = CONTRACT.sources["transactions"]
