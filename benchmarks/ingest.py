@@ -222,8 +222,8 @@ def cached_silver(
     paths = {name: folder / name for name in contract.sources}
     if marker.exists():
         return paths, json.loads(marker.read_text())
-    if folder.exists():
-        shutil.rmtree(folder)
+    for stale in raw.parent.glob("silver-*"):  # this folder unfinished, or an older contract's
+        shutil.rmtree(stale)
     counts = {}
     for name, spec in contract.sources.items():
         location = raw / spec.path
