@@ -43,11 +43,19 @@ def _snapshot_ts(contract: FeatureContract, days: int = 0) -> str:
     return f"cast({date} as timestamp)"
 
 
+def _since(days: int) -> str:
+    return f"`_since_{days}`"
+
+
 def aggregate_expression(contract: FeatureContract, source_time: str, agg: Aggregate) -> str:
-    """SQL for one conditional aggregate over events already limited to before the snapshot."""
+    """SQL for one conditional aggregate over events already limited to before the snapshot.
+
+    A window's start is a column of the (few-row) snapshot table, ``_since_<days>``, so it is
+    computed once per snapshot, not once per joined event row.
+    """
     conditions = []
     if agg.window_days:
-        conditions.append(f"`{source_time}` >= {_snapshot_ts(contract, -agg.window_days)}")
+        conditions.append(f"`{source_time}` >= {_since(agg.window_days)}")
     if agg.filter:
         conditions.append(f"({agg.filter})")
     value = "1" if agg.fn == "count" else f"`{agg.value}`"
@@ -65,32 +73,67 @@ def recency_expression(contract: FeatureContract, source_time: str, rec: Recency
     return f"datediff(`{contract.snapshot_column}`, cast({last} as date))"
 
 
+def _window_days(spec: FeatureSpec) -> int | None:
+    return spec.derive.aggregate.window_days if spec.derive.aggregate else None
+
+
+def _filter_of(spec: FeatureSpec) -> str | None:
+    reference = spec.derive.aggregate or spec.derive.recency
+    return reference.filter if reference else None
+
+
+def _snapshot_bounds(contract: FeatureContract, snapshots: DataFrame, days: set[int]) -> DataFrame:
+    """The snapshot table with its timestamp and the start of every window used."""
+    from pyspark.sql import functions as F
+
+    frame = snapshots.withColumn("_snapshot_ts", F.expr(_snapshot_ts(contract)))
+    for window in sorted(days):
+        frame = frame.withColumn(f"_since_{window}", F.expr(_snapshot_ts(contract, -window)))
+    return frame
+
+
 def event_features(
     contract: FeatureContract, events: Mapping[str, DataFrame], snapshots: DataFrame
 ) -> list[DataFrame]:
-    """Per (entity, snapshot) aggregates of each events source, from events before the snapshot."""
+    """Per (entity, snapshot) aggregates of each events source, from events before the snapshot.
+
+    Features with a window read only the events inside the longest window of their source;
+    features without one (recency, all-time aggregates) read the whole history, narrowed to
+    the events their filters can match. Each event is joined to the snapshots it can count for
+    (not to every snapshot), which is where the time goes at scale.
+    """
     from pyspark.sql import functions as F
 
     frames = []
     for source_name, source in contract.sources.items():
         specs = [f for f in contract.features if f.derive.event_source == source_name]
-        if not specs:
-            continue
         time_col = source.event_time or ""
-        joined = events[source_name].join(
-            snapshots, F.col(time_col) < F.expr(_snapshot_ts(contract))
-        )
-        expressions = []
-        for spec in specs:
-            if spec.derive.aggregate:
-                sql = aggregate_expression(contract, time_col, spec.derive.aggregate)
-            else:
-                assert spec.derive.recency is not None
-                sql = recency_expression(contract, time_col, spec.derive.recency)
-            expressions.append(F.expr(sql).alias(spec.name))
-        frames.append(
-            joined.groupBy(contract.entity_key, contract.snapshot_column).agg(*expressions)
-        )
+        windowed = [f for f in specs if _window_days(f)]
+        unbounded = [f for f in specs if not _window_days(f)]
+        for group in (windowed, unbounded):
+            if not group:
+                continue
+            days = {d for d in (_window_days(f) for f in group) if d}
+            bounds = _snapshot_bounds(contract, snapshots, days)
+            in_range = F.col(time_col) < F.col("_snapshot_ts")
+            if days:
+                in_range = in_range & (F.col(time_col) >= F.col(f"_since_{max(days)}"))
+            candidates = events[source_name]
+            filters = [_filter_of(f) for f in group]
+            if all(filters):
+                candidates = candidates.filter(F.expr(" or ".join(f"({f})" for f in filters)))
+            joined = candidates.join(bounds, in_range)
+            expressions = []
+            for spec in group:
+                if spec.derive.aggregate:
+                    sql = aggregate_expression(contract, time_col, spec.derive.aggregate)
+                else:
+                    assert spec.derive.recency is not None
+                    sql = recency_expression(contract, time_col, spec.derive.recency)
+                expressions.append(F.expr(sql).alias(spec.name))
+            frames.append(
+                joined.groupBy(contract.entity_key, contract.snapshot_column).agg(*expressions)
+            )
     return frames
 
 
