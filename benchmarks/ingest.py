@@ -381,38 +381,57 @@ class PolarsGold:
         self, events: Mapping[str, pl.LazyFrame], snapshots: pl.LazyFrame
     ) -> list[pl.LazyFrame]:
         contract = self.contract
-        keys = [contract.entity_key, contract.snapshot_column]
         frames = []
         for source_name, source in contract.sources.items():
             specs = [f for f in contract.features if f.derive.event_source == source_name]
             if not specs:
                 continue
             time_col = source.event_time or ""
-            windows = sorted(
-                {s.derive.aggregate.window_days for s in specs if s.derive.aggregate} - {None}
-            )
-            bounds = snapshots.with_columns(
-                *[self._snapshot_ts(-int(w)).alias(f"_since_{w}") for w in windows]
-            )
-            joined = events[source_name].join_where(bounds, pl.col(time_col) < pl.col("_ts"))
-            expressions, recencies = [], []
-            for spec in specs:
-                if spec.derive.aggregate:
-                    expression = self._aggregate(time_col, spec.derive.aggregate)
-                else:
-                    assert spec.derive.recency is not None
-                    expression = self._last_time(time_col, spec.derive.recency)
-                    recencies.append(spec.name)
-                expressions.append(expression.alias(spec.name))
-            snapshot_date = pl.col(contract.snapshot_column)
-            frames.append(
-                joined.group_by(keys)
-                .agg(expressions)
-                .with_columns(
-                    (snapshot_date - pl.col(n)).dt.total_days().alias(n) for n in recencies
-                )
-            )
+            # The same plan as pipelines/features.py, so the ratio compares engines, not
+            # algorithms: windowed features join only the snapshots whose longest window holds
+            # the event; unwindowed ones the whole history, narrowed by their filters first.
+            windowed = [f for f in specs if f.derive.aggregate and f.derive.aggregate.window_days]
+            unbounded = [f for f in specs if f not in windowed]
+            for group in (windowed, unbounded):
+                if group:
+                    frames.append(
+                        self._group_features(events[source_name], snapshots, time_col, group)
+                    )
         return frames
+
+    def _group_features(
+        self, events: pl.LazyFrame, snapshots: pl.LazyFrame, time_col: str, specs: list[Any]
+    ) -> pl.LazyFrame:
+        contract = self.contract
+        keys = [contract.entity_key, contract.snapshot_column]
+        windows = sorted(
+            {s.derive.aggregate.window_days for s in specs if s.derive.aggregate} - {None}
+        )
+        bounds = snapshots.with_columns(
+            *[self._snapshot_ts(-int(w)).alias(f"_since_{w}") for w in windows]
+        )
+        filters = [(s.derive.aggregate or s.derive.recency).filter for s in specs]
+        if all(filters):
+            events = events.filter(sql_expr(" or ".join(f"({f})" for f in filters)))
+        conditions = [pl.col(time_col) < pl.col("_ts")]
+        if windows:
+            conditions.append(pl.col(time_col) >= pl.col(f"_since_{max(windows)}"))
+        joined = events.join_where(bounds, *conditions)
+        expressions, recencies = [], []
+        for spec in specs:
+            if spec.derive.aggregate:
+                expression = self._aggregate(time_col, spec.derive.aggregate)
+            else:
+                assert spec.derive.recency is not None
+                expression = self._last_time(time_col, spec.derive.recency)
+                recencies.append(spec.name)
+            expressions.append(expression.alias(spec.name))
+        snapshot_date = pl.col(contract.snapshot_column)
+        return (
+            joined.group_by(keys)
+            .agg(expressions)
+            .with_columns((snapshot_date - pl.col(n)).dt.total_days().alias(n) for n in recencies)
+        )
 
     def _label(self) -> pl.Expr:
         label = self.contract.label

@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
 from churn_core.contract import load_contract
 from churn_core.settings import (
+    IngestSettings,
     KafkaSourceSettings,
     PostgresSourceSettings,
     RestSourceSettings,
@@ -182,3 +184,37 @@ def test_the_feature_function_gives_identical_results_on_sail_and_jvm_spark(
     sail, jvm = results
     assert len(sail) == len(gold(tables)) > 0
     pd.testing.assert_frame_equal(sail, jvm, check_exact=False, rtol=1e-12)
+
+
+def test_postgres_refusing_connections_fails_the_job_cleanly_and_the_rerun_is_exact(
+    spark: Any, postgres_url: str, raw: Path, tmp_path: Path
+) -> None:
+    import psycopg
+    from psycopg import sql
+
+    from pipelines.ingest import IngestError, ingest_with_retries
+    from pipelines.sources.postgres import load_table
+
+    spec = CONTRACT.sources["customers"]
+    table = f"customers_{uuid.uuid4().hex[:6]}"
+    customers = pq.ParquetDataset(str(raw / "customers")).read()
+    load_table(postgres_url, table, customers, spec.key)
+    source = PostgresSourceSettings(url=postgres_url, table=table)
+    tables = Tables(tmp_path / "lake")
+    once = IngestSettings(max_attempts=1)
+    database = postgres_url.rsplit("/", 1)[1]
+    alter = sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}")
+    with psycopg.connect(postgres_url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as admin:
+        admin.execute(alter.format(sql.Identifier(database), sql.SQL("false")))
+        try:
+            with pytest.raises(IngestError) as failure:
+                ingest_with_retries(spark, "customers", spec, source, raw, tables, once)
+        finally:
+            admin.execute(alter.format(sql.Identifier(database), sql.SQL("true")))
+    message = str(failure.value)
+    assert "customers" in message and "\n" not in message
+    assert not tables.bronze("customers").exists()  # nothing half-written
+    summary = ingest_with_retries(spark, "customers", spec, source, raw, tables, once)
+    assert summary.read == summary.appended == customers.num_rows
+    bronze = DeltaTable(str(tables.bronze("customers"))).to_pandas()
+    assert sorted(bronze["customer_id"]) == sorted(customers["customer_id"].to_pylist())
