@@ -115,7 +115,9 @@ def postgres_watermark(
     bronze = _bronze_of(spark, target, origin)
     if bronze is None:
         return None
-    latest = bronze.agg(F.max(F.expr(f"try_cast(`{column}` as timestamp)"))).collect()[0][0]
+    latest: datetime | None = bronze.agg(
+        F.max(F.expr(f"try_cast(`{column}` as timestamp)"))
+    ).collect()[0][0]
     if latest is None:
         return None
     return (latest - timedelta(seconds=overlap_s)).strftime("%Y-%m-%d %H:%M:%S.%f")
