@@ -309,13 +309,11 @@ def publish_sample_command() -> None:
     published = publish_sample(s, load_contract(s.contract_path))
     if not published:
         console.print("nothing to publish: no source is configured as postgres or kafka")
-    for item in published:
+    else:
         _done(
             "publish",
             time.perf_counter() - started,
-            source=item.source,
-            target=item.target,
-            records=item.records,
+            **{f"{item.source}->{item.target}": item.records for item in published},
         )
 
 
