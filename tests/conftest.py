@@ -15,7 +15,12 @@ from churn_core.settings import Settings, load_settings
 from churn_core.tables import Tables
 
 # Real servers on loopback, one per test session, for whichever tests ask for them.
-pytest_plugins = ("tests.fixtures.kafka", "tests.fixtures.postgres", "tests.fixtures.jvm_spark")
+pytest_plugins = (
+    "tests.fixtures.kafka",
+    "tests.fixtures.postgres",
+    "tests.fixtures.jvm_spark",
+    "tests.fixtures.mongo",
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"

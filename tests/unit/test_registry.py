@@ -1,14 +1,36 @@
+"""The registry on its embedded default (JSON metadata files, artifacts on a pyarrow file system)."""
+
 from __future__ import annotations
 
+import hashlib
+import json
+import threading
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pytest
 
 from churn_core.contract import FeatureContract
-from churn_core.registry import LocalRegistry, RegistryError
+from churn_core.registry import (
+    ArtifactStore,
+    FileMetadataStore,
+    LocalRegistry,
+    ModelVersion,
+    Registry,
+    RegistryError,
+    open_registry,
+)
+from churn_core.settings import RegistrySettings
+
+SEGMENTS = {
+    "plan=basic": {"n": 600.0, "positives": 150.0, "roc_auc": 0.71},
+    "tenure_band=[0.5, 1)": {"n": 12.0, "positives": 1.0, "roc_auc": None},
+}
 
 
-def register(registry: LocalRegistry, model: bytes, contract: FeatureContract, auc: float) -> int:
+def register(
+    registry: Registry, model: bytes, contract: FeatureContract, auc: float, **extra: object
+) -> int:
     meta = registry.register(
         "m",
         model,
@@ -17,6 +39,7 @@ def register(registry: LocalRegistry, model: bytes, contract: FeatureContract, a
         metrics={"roc_auc": auc},
         lineage={"gold_delta_version": 4},
         feature_importance={"usage": 1.0},
+        **extra,  # type: ignore[arg-type]
     )
     return meta.version
 
@@ -32,7 +55,10 @@ def test_versions_are_numbered_and_loadable_by_alias(
     assert model.version == 2
     assert model.contract == tiny_contract
     assert registry.resolve("m", 1).metrics == {"roc_auc": 0.7}
+    assert registry.resolve("m", "v1") == registry.resolve("m", "1") == registry.get("m", 1)
     assert [v.version for v in registry.list("m")] == [1, 2]
+    assert registry.model_names() == ["m"]
+    assert registry.aliases("m") == {"champion": 2}
 
 
 def test_unknown_alias_and_version_explain_themselves(
@@ -44,20 +70,93 @@ def test_unknown_alias_and_version_explain_themselves(
     register(registry, tiny_model_bytes, tiny_contract, 0.7)
     with pytest.raises(RegistryError, match="no version 9"):
         registry.set_alias("m", "champion", 9)
+    with pytest.raises(RegistryError, match="invalid alias '7'"):
+        registry.set_alias("m", "7", 1)  # would be read back as a version number
+    with pytest.raises(RegistryError, match="invalid model name"):
+        registry.register(
+            "../escape",
+            tiny_model_bytes,
+            tiny_contract,
+            params={},
+            metrics={},
+            lineage={},
+            feature_importance={},
+        )
 
 
+def test_every_file_is_checksummed_and_report_files_are_stored(
+    tmp_path: Path, tiny_model_bytes: bytes, tiny_contract: FeatureContract
+) -> None:
+    registry = LocalRegistry(tmp_path)
+    plot = tmp_path / "roc.png"
+    plot.write_bytes(b"\x89PNG fake")
+    meta = registry.get(
+        "m",
+        register(
+            registry,
+            tiny_model_bytes,
+            tiny_contract,
+            0.7,
+            segments=SEGMENTS,
+            files={"report.json": b'{"roc_auc": 0.7}', "plots/roc.png": plot},
+        ),
+    )
+    assert {f.name for f in meta.files} == {
+        "model.ubj",
+        "contract.yaml",
+        "report.json",
+        "plots/roc.png",
+    }
+    assert meta.file("model.ubj").sha256 == hashlib.sha256(tiny_model_bytes).hexdigest()  # type: ignore[union-attr]
+    assert meta.artifact_sha256 == meta.file("model.ubj").sha256  # type: ignore[union-attr]
+    assert meta.segments == SEGMENTS
+    assert meta.registered_by
+    assert registry.read_file("m", 1, "plots/roc.png") == b"\x89PNG fake"
+    assert registry.read_file("m", 1, "report.json") == b'{"roc_auc": 0.7}'
+    assert registry.load_contract("m", 1) == tiny_contract
+    # The layout the earlier registry wrote: artifacts and metadata in one folder per version.
+    assert (tmp_path / "m/versions/000001/model.ubj").read_bytes() == tiny_model_bytes
+    assert (tmp_path / "m/versions/000001/metadata.json").exists()
+    with pytest.raises(RegistryError, match=r"no file 'missing.txt'"):
+        registry.read_file("m", 1, "missing.txt")
+
+
+@pytest.mark.parametrize("name", ["model.ubj", ".hidden", "a/../b", "/abs", "sp ace.txt", ""])
+def test_report_file_names_are_checked(
+    tmp_path: Path, tiny_model_bytes: bytes, tiny_contract: FeatureContract, name: str
+) -> None:
+    registry = LocalRegistry(tmp_path)
+    with pytest.raises(RegistryError, match="invalid report file name"):
+        register(registry, tiny_model_bytes, tiny_contract, 0.7, files={name: b"x"})
+    assert registry.version_numbers("m") == []
+
+
+@pytest.mark.parametrize("filename", ["model.ubj", "contract.yaml", "report.json"])
 def test_tampered_artifact_is_refused(
+    tmp_path: Path, tiny_model_bytes: bytes, tiny_contract: FeatureContract, filename: str
+) -> None:
+    registry = LocalRegistry(tmp_path)
+    register(registry, tiny_model_bytes, tiny_contract, 0.7, files={"report.json": b"{}"})
+    path = tmp_path / "m/versions/000001" / filename
+    path.write_bytes(path.read_bytes()[:-1] + b"\x00")
+    with pytest.raises(RegistryError, match=rf"{filename}: checksum mismatch"):
+        if filename == "report.json":
+            registry.read_file("m", 1, filename)
+        else:
+            registry.load_model("m", 1)
+
+
+def test_a_missing_artifact_is_named(
     tmp_path: Path, tiny_model_bytes: bytes, tiny_contract: FeatureContract
 ) -> None:
     registry = LocalRegistry(tmp_path)
     register(registry, tiny_model_bytes, tiny_contract, 0.7)
-    artifact = next(tmp_path.glob("m/versions/*/model.ubj"))
-    artifact.write_bytes(artifact.read_bytes()[:-1] + b"\x00")
-    with pytest.raises(RegistryError, match="checksum"):
+    (tmp_path / "m/versions/000001/model.ubj").unlink()
+    with pytest.raises(RegistryError, match=r"000001/model.ubj is missing"):
         registry.load_model("m", 1)
 
 
-def test_a_failed_write_leaves_no_half_version(
+def test_invalid_metadata_fails_before_a_number_is_taken(
     tmp_path: Path, tiny_model_bytes: bytes, tiny_contract: FeatureContract
 ) -> None:
     registry = LocalRegistry(tmp_path)
@@ -67,10 +166,240 @@ def test_a_failed_write_leaves_no_half_version(
             tiny_model_bytes,
             tiny_contract,
             params={},
-            metrics={"roc_auc": object()},
+            metrics={"roc_auc": object()},  # type: ignore[dict-item]
             lineage={},
             feature_importance={},
-        )  # type: ignore[dict-item]
+        )
+    with pytest.raises(FileNotFoundError):
+        register(registry, tiny_model_bytes, tiny_contract, 0.7, files={"x.png": tmp_path / "no"})
     assert registry.version_numbers("m") == []
-    assert list((tmp_path / "m" / "versions").iterdir()) == []  # no staging debris
+    assert not (tmp_path / "m" / "versions").exists()
     assert register(registry, tiny_model_bytes, tiny_contract, 0.7) == 1
+
+
+def test_a_write_failing_midway_leaves_no_half_version(
+    tmp_path: Path,
+    tiny_model_bytes: bytes,
+    tiny_contract: FeatureContract,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    registry = LocalRegistry(tmp_path)
+    real_move = registry.artifacts.filesystem.move
+    moves: list[str] = []
+
+    def failing_move(src: str, dest: str) -> None:
+        moves.append(dest)
+        if len(moves) == 3:  # model and contract are in place, the report is not
+            raise OSError("disk full")
+        real_move(src, dest)
+
+    monkeypatch.setattr(registry.artifacts, "filesystem", _Proxy(registry.artifacts.filesystem))
+    monkeypatch.setattr(registry.artifacts.filesystem, "move", failing_move)
+    with pytest.raises(OSError, match="disk full"):
+        register(registry, tiny_model_bytes, tiny_contract, 0.7, files={"report.json": b"{}"})
+    assert registry.version_numbers("m") == []
+    # No version folder, no temporary files: the claim and the written files were removed.
+    assert list((tmp_path / "m" / "versions").iterdir()) == []
+    monkeypatch.undo()
+    assert register(registry, tiny_model_bytes, tiny_contract, 0.7) == 1
+
+
+class _Proxy:
+    """A stand-in file system whose methods can be replaced one by one."""
+
+    def __init__(self, target: pafs.FileSystem) -> None:
+        self._target = target
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._target, name)
+
+
+def test_a_failed_metadata_commit_removes_the_artifacts(
+    tmp_path: Path,
+    tiny_model_bytes: bytes,
+    tiny_contract: FeatureContract,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    registry = LocalRegistry(tmp_path)
+
+    def failing_insert(meta: ModelVersion) -> None:
+        raise OSError("metadata disk full")
+
+    monkeypatch.setattr(registry.metadata, "insert_version", failing_insert)
+    with pytest.raises(OSError, match="metadata disk full"):
+        register(registry, tiny_model_bytes, tiny_contract, 0.7)
+    assert not any((tmp_path / "m" / "versions").iterdir())
+
+
+def test_an_existing_artifact_is_never_overwritten(
+    tmp_path: Path, tiny_model_bytes: bytes, tiny_contract: FeatureContract
+) -> None:
+    # Two registries with separate metadata but one artifact folder: the second must not
+    # overwrite version 1's files.
+    artifacts = tmp_path / "artifacts"
+    first = Registry(FileMetadataStore(tmp_path / "a"), ArtifactStore.from_uri(str(artifacts)))
+    second = Registry(FileMetadataStore(tmp_path / "b"), ArtifactStore.from_uri(str(artifacts)))
+    register(first, tiny_model_bytes, tiny_contract, 0.7)
+    with pytest.raises(RegistryError, match="already exists"):
+        register(second, b"other bytes", tiny_contract, 0.7)
+    assert first.load_model("m", 1).version == 1
+    assert second.version_numbers("m") == []
+
+
+def test_concurrent_registrations_get_distinct_versions(
+    tmp_path: Path, tiny_model_bytes: bytes, tiny_contract: FeatureContract
+) -> None:
+    registries = [LocalRegistry(tmp_path) for _ in range(4)]
+    numbers: list[int] = []
+    errors: list[BaseException] = []
+
+    def work(registry: LocalRegistry) -> None:
+        try:
+            numbers.extend(
+                register(registry, tiny_model_bytes, tiny_contract, 0.7) for _ in range(5)
+            )
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in registries]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sorted(numbers) == list(range(1, 21))
+    assert registries[0].version_numbers("m") == list(range(1, 21))
+
+
+def test_reads_the_layout_written_by_the_earlier_registry(
+    tmp_path: Path, tiny_model_bytes: bytes, tiny_contract: FeatureContract
+) -> None:
+    # metadata.json without files/segments, aliases.json as a flat map.
+    folder = tmp_path / "m/versions/000001"
+    folder.mkdir(parents=True)
+    (folder / "model.ubj").write_bytes(tiny_model_bytes)
+    (folder / "contract.yaml").write_text(tiny_contract.to_yaml())
+    (folder / "metadata.json").write_text(
+        json.dumps(
+            {
+                "name": "m",
+                "version": 1,
+                "created_at": "2026-01-01T00:00:00Z",
+                "artifact_sha256": hashlib.sha256(tiny_model_bytes).hexdigest(),
+                "metrics": {"roc_auc": 0.7},
+            }
+        )
+    )
+    (tmp_path / "m/aliases.json").write_text(json.dumps({"champion": 1}))
+    registry = LocalRegistry(tmp_path)
+    assert registry.aliases("m") == {"champion": 1}
+    assert registry.load_model("m", "champion").version == 1
+    assert register(registry, tiny_model_bytes, tiny_contract, 0.8) == 2
+    registry.set_alias("m", "champion", 2, reason="retrained")
+    assert registry.aliases("m") == {"champion": 2}
+    assert registry.rollback("m", reason="bad").to_version == 1  # history starts at the map
+    (tmp_path / "m/versions/000001/model.ubj").write_bytes(b"tampered")
+    with pytest.raises(RegistryError, match="checksum mismatch"):
+        registry.load_model("m", 1)
+
+
+def test_nan_metrics_survive_the_json_store(
+    tmp_path: Path, tiny_model_bytes: bytes, tiny_contract: FeatureContract
+) -> None:
+    registry = LocalRegistry(tmp_path)
+    registry.register(
+        "m",
+        tiny_model_bytes,
+        tiny_contract,
+        params={},
+        metrics={"roc_auc": 0.7, "pr_auc": float("nan")},
+        lineage={},
+        feature_importance={},
+    )
+    assert registry.get("m", 1).metrics["pr_auc"] != registry.get("m", 1).metrics["pr_auc"]
+
+
+def test_metric_history_appends_later_measurements(
+    tmp_path: Path, tiny_model_bytes: bytes, tiny_contract: FeatureContract
+) -> None:
+    registry = LocalRegistry(tmp_path)
+    register(registry, tiny_model_bytes, tiny_contract, 0.7)
+    register(registry, tiny_model_bytes, tiny_contract, 0.8)
+    registry.record_metrics("m", 1, {"roc_auc": 0.68}, source="accuracy", details={"rows": 900})
+    registry.record_metrics("m", 1, {"roc_auc": 0.66}, source="accuracy")
+    history = registry.metric_history("m", 1)
+    assert [(r.source, r.metrics["roc_auc"]) for r in history] == [
+        ("registration", 0.7),
+        ("accuracy", 0.68),
+        ("accuracy", 0.66),
+    ]
+    assert history[1].details == {"rows": 900}
+    assert [r.version for r in registry.metric_history("m")] == [1, 1, 1, 2]
+    with pytest.raises(RegistryError, match="no version 5"):
+        registry.record_metrics("m", 5, {"roc_auc": 0.5}, source="accuracy")
+    # A torn last line (a crash mid-append) is skipped, not fatal.
+    with (tmp_path / "m/metric_history.jsonl").open("a") as handle:
+        handle.write('{"name": "m", "vers')
+    assert len(registry.metric_history("m", 1)) == 3
+
+
+@pytest.mark.parametrize("scheme", ["path", "file_uri"])
+def test_artifacts_at_a_pyarrow_uri(
+    tmp_path: Path, tiny_model_bytes: bytes, tiny_contract: FeatureContract, scheme: str
+) -> None:
+    artifacts = tmp_path / "objects"
+    uri = str(artifacts) if scheme == "path" else f"file://{artifacts}"
+    settings = RegistrySettings(root=tmp_path / "meta", artifact_uri=uri)
+    with open_registry(settings) as registry:
+        register(registry, tiny_model_bytes, tiny_contract, 0.7, files={"report.json": b"{}"})
+        registry.set_alias("m", "champion", 1)
+        assert registry.load_model("m", "champion").version == 1
+        assert "files:" in registry.description and str(artifacts) in registry.description
+    assert (artifacts / "m/versions/000001/model.ubj").read_bytes() == tiny_model_bytes
+    assert (tmp_path / "meta/m/versions/000001/metadata.json").exists()
+    assert not (tmp_path / "meta/m/versions/000001/model.ubj").exists()
+    (artifacts / "m/versions/000001/model.ubj").write_bytes(b"tampered")
+    with pytest.raises(RegistryError, match="checksum mismatch"):
+        open_registry(settings).load_model("m", 1)
+
+
+def test_artifacts_on_a_non_local_file_system(
+    tmp_path: Path, tiny_model_bytes: bytes, tiny_contract: FeatureContract
+) -> None:
+    # pyarrow's in-memory file system stands in for an object store (no rename, no fsync).
+    registry = Registry(
+        FileMetadataStore(tmp_path), ArtifactStore.from_uri("mock:///bucket/registry")
+    )
+    register(registry, tiny_model_bytes, tiny_contract, 0.7, files={"report.json": b"{}"})
+    assert registry.load_model("m", 1).version == 1
+    listing = registry.artifacts.filesystem.get_file_info(
+        pafs.FileSelector("bucket/registry", recursive=True)
+    )
+    assert sorted(i.path for i in listing if i.type == pafs.FileType.File) == [
+        "bucket/registry/m/versions/000001/contract.yaml",
+        "bucket/registry/m/versions/000001/model.ubj",
+        "bucket/registry/m/versions/000001/report.json",
+    ]
+
+
+def test_relative_artifact_paths_resolve_against_the_project_root(tmp_path: Path) -> None:
+    settings = RegistrySettings(root=Path("reg"), artifact_uri="objects")
+    registry = open_registry(settings, lambda p: p if p.is_absolute() else tmp_path / p)
+    assert registry.artifacts.description == str(tmp_path / "objects")
+    assert registry.metadata.description == f"files:{tmp_path / 'reg'}"
+    assert registry.policy_path == tmp_path / "configs/promotion.yaml"
+
+
+def test_uri_credentials_never_reach_messages() -> None:
+    store = ArtifactStore.from_uri("mock:///bucket/p?secret_key=hunter2")
+    assert "hunter2" not in store.description
+    with pytest.raises(RegistryError) as caught:
+        ArtifactStore.from_uri("nosuchscheme://user:hunter2@host/p")
+    assert "hunter2" not in str(caught.value)
+
+
+def test_mongodb_settings_need_a_url() -> None:
+    with pytest.raises(ValueError, match="mongodb_url is not set"):
+        RegistrySettings(metadata="mongodb")
+    settings = RegistrySettings(metadata="mongodb", mongodb_url="mongodb://u:pw@127.0.0.1:1/")
+    assert "pw" not in repr(settings)
