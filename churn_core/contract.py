@@ -9,6 +9,7 @@ new data set is a new contract file, not new code.
 
 from __future__ import annotations
 
+import itertools
 from datetime import date
 from pathlib import Path
 from typing import Literal
@@ -182,6 +183,41 @@ class LabelSpec(_Strict):
         return self
 
 
+class SegmentSpec(_Strict):
+    """One way to slice the evaluation: by a feature's values, or by bins of a numeric feature.
+
+    Segments name model features because the held-out split the trainer evaluates holds only
+    the encoded features and the label.
+    """
+
+    column: str
+    # Ascending edges of right-open bins [e0, e1), [e1, e2), ...; numeric features only.
+    bins: list[float] | None = Field(None, min_length=2)
+    # Prefix of the segment keys ("tenure_band=[0, 90)"); the column name by default.
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _ascending_bins(self) -> SegmentSpec:
+        if self.bins and any(b <= a for a, b in itertools.pairwise(self.bins)):
+            raise ValueError(f"segment {self.label}: bins must be strictly ascending")
+        return self
+
+    @property
+    def label(self) -> str:
+        """The prefix of this segment's keys."""
+        return self.name or self.column
+
+
+class ReportSpec(_Strict):
+    """What the evaluation report slices by, and when a slice is too small to score."""
+
+    segments: list[SegmentSpec] = Field(default_factory=list)
+    # A segment's ROC-AUC and PR-AUC are reported (not null) only with at least this many rows
+    # and this many rows of each class: AUCs of a handful of rows are noise, not evidence.
+    min_segment_rows: int = Field(50, ge=1)
+    min_class_rows: int = Field(5, ge=1)
+
+
 class FeatureContract(_Strict):
     """A whole data set's contract."""
 
@@ -192,6 +228,7 @@ class FeatureContract(_Strict):
     snapshot: SnapshotSpec | None = None
     label: LabelSpec
     features: list[FeatureSpec] = Field(min_length=1)
+    report: ReportSpec | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> FeatureContract:
@@ -221,6 +258,26 @@ class FeatureContract(_Strict):
                 raise ValueError(f"{feature.name}: unknown source {event_source!r}")
             if event_source is not None and self.snapshot is None:
                 raise ValueError(f"{feature.name}: aggregates need a snapshot definition")
+        return self
+
+    @model_validator(mode="after")
+    def _report_segments_are_features(self) -> FeatureContract:
+        if self.report is None:
+            return self
+        labels = [segment.label for segment in self.report.segments]
+        duplicates = sorted({n for n in labels if labels.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"report: duplicate segment names: {duplicates}")
+        names = set(self.feature_names)
+        for segment in self.report.segments:
+            if segment.column not in names:
+                raise ValueError(f"report: segment column {segment.column!r} is not a feature")
+            numeric = self.feature(segment.column).type == "numeric"
+            if segment.bins and not numeric:
+                raise ValueError(f"report: segment {segment.label!r} bins a non-numeric feature")
+            if numeric and not segment.bins:
+                # One segment per distinct value of a continuous feature would be thousands.
+                raise ValueError(f"report: numeric segment {segment.label!r} needs bins")
         return self
 
     @property

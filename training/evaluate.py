@@ -1,21 +1,429 @@
-"""Held-out evaluation of a model version."""
+"""Held-out evaluation of a model version: overall metrics, calibration, lift and segments.
+
+Conventions (the report and the registry's promotion gate rely on them):
+
+* A row is predicted to churn when ``score >= threshold``.
+* Calibration uses 10 **equal-frequency** bins: rows sorted by score (ascending, ties in input
+  order) and split into 10 chunks whose sizes differ by at most one. Churn scores pile up near 0,
+  so equal-width bins would leave the upper bins nearly empty and their points pure noise;
+  equal-frequency bins give every point the same weight. ECE is the row-weighted mean of
+  ``|mean score - observed rate|`` over those bins.
+* Lift uses deciles of the same kind, rows sorted by score descending: decile 1 is the 10 % of
+  rows the model ranks as most likely to churn (the first ``n % 10`` deciles get one extra row).
+  Lift is the decile's churn rate over the base rate; capture is the share of all churners found
+  in deciles 1..k.
+* Metrics that are undefined for the data (an AUC with one class, a lift without churners) are
+  ``None`` and ``notes`` says why; nothing is NaN, so everything serialises to JSON.
+"""
 
 from __future__ import annotations
 
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
 import numpy as np
-from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
+import pandas as pd
+from sklearn.metrics import (
+    average_precision_score,
+    brier_score_loss,
+    log_loss,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
+
+from churn_core.contract import FeatureContract, FeatureSpec, ReportSpec, SegmentSpec
+
+CALIBRATION_BINS = 10
+LIFT_BINS = 10
+# Curves kept for the report and its plots: enough points to draw, few enough for a small JSON.
+MAX_CURVE_POINTS = 200
+
+# Counts ("n", "positives") are ints at run time; float here so the alias matches the
+# registry's dict[str, float | None] (dicts are invariant in their value type).
+SegmentMetrics = dict[str, float | None]
+
+
+@dataclass(frozen=True)
+class CalibrationBin:
+    """One equal-frequency bin of the reliability diagram."""
+
+    n: int
+    score_min: float
+    score_max: float
+    mean_score: float
+    observed_rate: float
+
+
+@dataclass(frozen=True)
+class LiftBin:
+    """One decile of rows ranked by score, most likely churners first."""
+
+    decile: int
+    n: int
+    positives: int
+    score_min: float
+    rate: float
+    lift: float | None
+    cumulative_capture: float | None
+    cumulative_lift: float | None
+
+
+@dataclass(frozen=True)
+class ThresholdMetrics:
+    """Confusion matrix and the rates derived from it at one decision threshold."""
+
+    threshold: float
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+    precision: float | None
+    recall: float | None
+    f1: float | None
+
+
+@dataclass(frozen=True)
+class Curve:
+    """An x/y curve (ROC: false/true positive rate; PR: recall/precision), subsampled."""
+
+    x: list[float]
+    y: list[float]
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """Everything measured on one held-out set."""
+
+    n: int
+    positives: int
+    base_rate: float
+    mean_score: float
+    roc_auc: float | None
+    pr_auc: float | None
+    log_loss: float
+    brier: float
+    ece: float
+    calibration: list[CalibrationBin]
+    lift: list[LiftBin]
+    top_decile_lift: float | None
+    top_decile_capture: float | None
+    at_threshold: ThresholdMetrics
+    roc_curve: Curve | None
+    pr_curve: Curve | None
+    notes: list[str] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, float]:
+        """Flat scalar metrics for the registry (undefined ones are left out, never NaN).
+
+        Keeps the keys of :func:`evaluate_scores` (``positive_rate``, ``rows`` ...) so existing
+        readers of a version's metrics keep working.
+        """
+        values: dict[str, float | None] = {
+            "roc_auc": self.roc_auc,
+            "pr_auc": self.pr_auc,
+            "log_loss": self.log_loss,
+            "brier": self.brier,
+            "ece": self.ece,
+            "top_decile_lift": self.top_decile_lift,
+            "top_decile_capture": self.top_decile_capture,
+            "threshold": self.at_threshold.threshold,
+            "precision": self.at_threshold.precision,
+            "recall": self.at_threshold.recall,
+            "f1": self.at_threshold.f1,
+            "positive_rate": self.base_rate,
+            "mean_score": self.mean_score,
+            "rows": float(self.n),
+        }
+        return {k: float(v) for k, v in values.items() if v is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-safe data (lists and dicts of numbers, strings and None)."""
+        data: dict[str, Any] = json_safe(asdict(self))
+        return data
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NumPy scalars made Python numbers and NaN/inf made ``None``."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [json_safe(v) for v in value.tolist()]
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        number = float(value)
+        return number if math.isfinite(number) else None
+    return value
+
+
+def _validated(labels: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Labels as 0/1 ints and scores as float64, or a ValueError saying what is wrong."""
+    y = np.asarray(labels, dtype=np.float64).ravel()
+    p = np.asarray(scores, dtype=np.float64).ravel()
+    if len(y) != len(p):
+        raise ValueError(f"{len(y)} labels but {len(p)} scores")
+    if len(y) == 0:
+        raise ValueError("cannot evaluate an empty test set")
+    missing = int(np.isnan(p).sum())
+    if missing:
+        # A NaN score is a bug upstream (the model never returns NaN for NaN features); dropping
+        # the rows would quietly evaluate on a different population.
+        raise ValueError(f"{missing} of {len(p)} scores are NaN; refusing to evaluate")
+    if not np.isin(y, (0.0, 1.0)).all():
+        raise ValueError("labels must be 0 or 1 (NaN or other values found)")
+    if (p < 0).any() or (p > 1).any():
+        raise ValueError("scores must be probabilities in [0, 1]")
+    return y.astype(np.int64), p
+
+
+def _subsample(x: np.ndarray, y: np.ndarray) -> Curve:
+    """At most MAX_CURVE_POINTS points, evenly spaced along the curve, ends always kept."""
+    if len(x) > MAX_CURVE_POINTS:
+        keep = np.unique(np.linspace(0, len(x) - 1, MAX_CURVE_POINTS).round().astype(int))
+        x, y = x[keep], y[keep]
+    return Curve([float(v) for v in x], [float(v) for v in y])
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return float(numerator / denominator) if denominator else None
+
+
+def calibration_bins(labels: np.ndarray, scores: np.ndarray) -> tuple[list[CalibrationBin], float]:
+    """Equal-frequency reliability bins and the expected calibration error over them."""
+    order = np.argsort(scores, kind="stable")
+    bins = []
+    error = 0.0
+    for chunk in np.array_split(order, min(CALIBRATION_BINS, len(order))):
+        s, y = scores[chunk], labels[chunk]
+        mean_score, observed = float(s.mean()), float(y.mean())
+        bins.append(
+            CalibrationBin(len(chunk), float(s.min()), float(s.max()), mean_score, observed)
+        )
+        error += len(chunk) * abs(mean_score - observed)
+    return bins, error / len(scores)
+
+
+def lift_table(labels: np.ndarray, scores: np.ndarray) -> list[LiftBin]:
+    """Deciles of rows by descending score with lift and cumulative capture."""
+    order = np.argsort(-scores, kind="stable")
+    total_positives = int(labels.sum())
+    base_rate = total_positives / len(labels)
+    rows: list[LiftBin] = []
+    seen = found = 0
+    for decile, chunk in enumerate(np.array_split(order, min(LIFT_BINS, len(order))), start=1):
+        positives = int(labels[chunk].sum())
+        seen += len(chunk)
+        found += positives
+        rate = positives / len(chunk)
+        rows.append(
+            LiftBin(
+                decile=decile,
+                n=len(chunk),
+                positives=positives,
+                score_min=float(scores[chunk].min()),
+                rate=rate,
+                lift=_ratio(rate, base_rate),
+                cumulative_capture=_ratio(found, total_positives),
+                cumulative_lift=_ratio(found / seen, base_rate),
+            )
+        )
+    return rows
+
+
+def threshold_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> ThresholdMetrics:
+    """Confusion matrix at ``score >= threshold``; a rate with a zero denominator is None."""
+    predicted = scores >= threshold
+    actual = labels == 1
+    tp = int((predicted & actual).sum())
+    fp = int((predicted & ~actual).sum())
+    fn = int((~predicted & actual).sum())
+    tn = int((~predicted & ~actual).sum())
+    precision = _ratio(tp, tp + fp)
+    recall = _ratio(tp, tp + fn)
+    f1 = _ratio(2 * tp, 2 * tp + fp + fn)
+    return ThresholdMetrics(threshold, tp, fp, tn, fn, precision, recall, f1)
+
+
+def evaluate(labels: Any, scores: Any, threshold: float = 0.5) -> EvaluationResult:
+    """All held-out metrics of churn probabilities ``scores`` against 0/1 ``labels``.
+
+    Raises ValueError for NaN scores, non-0/1 labels, mismatched lengths or an empty set. A
+    single-class set is evaluated: the AUCs (and lift, without churners) are None with a note.
+    """
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold {threshold} is not in [0, 1]")
+    y, p = _validated(labels, scores)
+    n, positives = len(y), int(y.sum())
+    notes: list[str] = []
+    both_classes = 0 < positives < n
+    roc_auc = pr_auc = None
+    roc = pr = None
+    if both_classes:
+        roc_auc = float(roc_auc_score(y, p))
+        pr_auc = float(average_precision_score(y, p))
+        fpr, tpr, _ = roc_curve(y, p)
+        roc = _subsample(fpr, tpr)
+        precision, recall, _ = precision_recall_curve(y, p)
+        # sklearn returns recall descending; the plot and JSON read better ascending.
+        pr = _subsample(recall[::-1], precision[::-1])
+    else:
+        only = "churners" if positives else "non-churners"
+        notes.append(f"labels hold only {only}: roc_auc and pr_auc are undefined")
+    if positives == 0:
+        notes.append("no churners: lift and capture are undefined")
+    calibration, ece = calibration_bins(y, p)
+    lift = lift_table(y, p)
+    return EvaluationResult(
+        n=n,
+        positives=positives,
+        base_rate=positives / n,
+        mean_score=float(p.mean()),
+        roc_auc=roc_auc,
+        pr_auc=pr_auc,
+        log_loss=float(log_loss(y, p, labels=[0, 1])),
+        brier=float(brier_score_loss(y, p, labels=[0, 1])),
+        ece=ece,
+        calibration=calibration,
+        lift=lift,
+        top_decile_lift=lift[0].lift,
+        top_decile_capture=lift[0].cumulative_capture,
+        at_threshold=threshold_metrics(y, p, threshold),
+        roc_curve=roc,
+        pr_curve=pr,
+        notes=notes,
+    )
 
 
 def evaluate_scores(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-    """Discrimination and calibration metrics of churn probabilities against 0/1 labels."""
-    if len(np.unique(labels)) < 2:
+    """Discrimination and calibration metrics of churn probabilities against 0/1 labels.
+
+    The original flat API (the trainer's champion rule needs a number): still refuses a test set
+    with one class. :func:`evaluate` gives the full result and tolerates one class.
+    """
+    result = evaluate(labels, scores)
+    if result.roc_auc is None or result.pr_auc is None:
         raise ValueError("evaluation needs both churners and non-churners in the test set")
     return {
-        "roc_auc": float(roc_auc_score(labels, scores)),
-        "pr_auc": float(average_precision_score(labels, scores)),
-        "log_loss": float(log_loss(labels, scores, labels=[0, 1])),
-        "brier": float(brier_score_loss(labels, scores)),
-        "positive_rate": float(np.mean(labels)),
-        "mean_score": float(np.mean(scores)),
-        "rows": float(len(labels)),
+        "roc_auc": result.roc_auc,
+        "pr_auc": result.pr_auc,
+        "log_loss": result.log_loss,
+        "brier": result.brier,
+        "positive_rate": result.base_rate,
+        "mean_score": result.mean_score,
+        "rows": float(result.n),
     }
+
+
+# --- segments ---------------------------------------------------------------------------------
+
+
+def _format_edge(edge: float) -> str:
+    return str(int(edge)) if float(edge).is_integer() else repr(float(edge))
+
+
+def _bin_labels(bins: Sequence[float]) -> list[str]:
+    return [f"[{_format_edge(a)}, {_format_edge(b)})" for a, b in itertools.pairwise(bins)]
+
+
+def segment_values(
+    spec: SegmentSpec, feature: FeatureSpec, column: pd.Series
+) -> tuple[pd.Series, list[str]]:
+    """Each row's segment value (a string) and the declared values in report order.
+
+    Accepts the raw column (category strings, booleans) or the encoded one the trainer holds
+    (category codes and 0/1 as floats). Rows without a value are ``missing``; numeric values
+    outside the bins are ``out_of_bins``. Both show up only when present.
+    """
+    if spec.bins:
+        numbers = pd.to_numeric(column, errors="coerce").astype(np.float64)
+        declared = _bin_labels(spec.bins)
+        # right=False: [lo, hi), so a value equal to an edge falls in the bin the edge starts.
+        binned = pd.cut(numbers, bins=list(spec.bins), right=False, labels=declared)
+        values = binned.astype(object).where(binned.notna(), "out_of_bins")
+        values = values.where(numbers.notna(), "missing")
+        return values, declared
+    if feature.type == "categorical":
+        declared = list(feature.categories or [])
+        if pd.api.types.is_numeric_dtype(column):
+            # Encoded: the value is the index in the contract's category list.
+            codes = column.to_numpy(dtype=np.float64, na_value=np.nan)
+            lookup = np.array([*declared, "missing"], dtype=object)
+            valid = np.isfinite(codes) & (codes >= 0) & (codes < len(declared))
+            index = np.where(valid, np.nan_to_num(codes, nan=len(declared)), len(declared))
+            return pd.Series(lookup[index.astype(int)], index=column.index), declared
+        values = column.astype(object).where(column.notna(), "missing")
+        values = values.where(values.isin([*declared, "missing"]), "other")
+        return values.astype(str), declared
+    # Boolean: raw True/False or encoded 1.0/0.0.
+    declared = ["false", "true"]
+    numbers = pd.to_numeric(column.astype(object), errors="coerce").astype(np.float64)
+    values = pd.Series(np.where(numbers > 0.5, "true", "false"), index=column.index, dtype=object)
+    return values.where(numbers.notna(), "missing"), declared
+
+
+def _segment_metrics(y: np.ndarray, p: np.ndarray, spec: ReportSpec) -> SegmentMetrics:
+    n, positives = len(y), int(y.sum())
+    if n == 0:
+        return {
+            "n": 0,
+            "positives": 0,
+            "observed_rate": None,
+            "mean_score": None,
+            "roc_auc": None,
+            "pr_auc": None,
+            "brier": None,
+        }
+    # AUCs of a few rows or a handful of one class are noise: None, so a gate cannot trip on them.
+    scorable = n >= spec.min_segment_rows and min(positives, n - positives) >= spec.min_class_rows
+    return {
+        "n": n,
+        "positives": positives,
+        "observed_rate": positives / n,
+        "mean_score": float(p.mean()),
+        "roc_auc": float(roc_auc_score(y, p)) if scorable else None,
+        "pr_auc": float(average_precision_score(y, p)) if scorable else None,
+        "brier": float(brier_score_loss(y, p, labels=[0, 1])),
+    }
+
+
+def evaluate_segments(
+    frame: pd.DataFrame,
+    labels: Any,
+    scores: Any,
+    contract: FeatureContract,
+    report: ReportSpec | None = None,
+) -> dict[str, SegmentMetrics]:
+    """Metrics per segment value, keyed ``"<segment name>=<value>"``.
+
+    Segments come from ``report`` or else the contract's ``report`` section (none declared: an
+    empty dict). ``frame`` holds the segment columns, raw or encoded, aligned with ``labels`` and
+    ``scores``. Every declared value has a key (``n`` 0 when absent) so champion and challenger
+    share keys; ``roc_auc``/``pr_auc`` are None below the spec's row or class floor.
+    """
+    spec = report or contract.report
+    if spec is None or not spec.segments:
+        return {}
+    y, p = _validated(labels, scores)
+    if len(frame) != len(y):
+        raise ValueError(f"{len(frame)} frame rows but {len(y)} labels")
+    result: dict[str, SegmentMetrics] = {}
+    for segment in spec.segments:
+        if segment.column not in frame.columns:
+            raise ValueError(f"segment column {segment.column!r} is not in the evaluated frame")
+        values, declared = segment_values(
+            segment, contract.feature(segment.column), frame[segment.column]
+        )
+        values_array = values.to_numpy(dtype=object)
+        extra = sorted(set(values_array) - set(declared))
+        for value in [*declared, *extra]:
+            mask = values_array == value
+            result[f"{segment.label}={value}"] = _segment_metrics(y[mask], p[mask], spec)
+    return result
