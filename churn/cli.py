@@ -16,8 +16,6 @@ if TYPE_CHECKING:
     from churn_core.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
-models_app = typer.Typer(no_args_is_help=True, help="Inspect the model registry.")
-app.add_typer(models_app, name="models")
 # soft_wrap: a summary or error stays one line in logs, whatever the terminal width.
 console = Console(soft_wrap=True)
 errors = Console(stderr=True, soft_wrap=True)
@@ -187,16 +185,16 @@ def run_spark_stages(s: Settings, ingest: bool = True, features: bool = True) ->
 def run_train(s: Settings) -> None:
     """Train, evaluate and register (Ray must be running)."""
     from churn_core.contract import load_contract
-    from churn_core.registry import LocalRegistry
+    from churn_core.registry import open_registry
     from churn_core.tables import Tables
     from training.pipeline import train_and_register
 
-    with console.status("train: Ray Train XGBoost (2 workers)"):
+    with (
+        console.status("train: Ray Train XGBoost (2 workers)"),
+        open_registry(s.registry, s.resolve) as registry,
+    ):
         summary = train_and_register(
-            s,
-            load_contract(s.contract_path),
-            Tables(s.dataset_lake),
-            LocalRegistry(s.resolve(s.registry.root)),
+            s, load_contract(s.contract_path), Tables(s.dataset_lake), registry
         )
     m = summary.version.metrics
     _done(
@@ -215,11 +213,11 @@ def curl_examples(base_url: str, s: Settings) -> list[str]:
     """Ready-to-paste curl commands for the served model."""
     import json
 
-    from churn_core.registry import LocalRegistry
+    from churn_core.registry import open_registry
     from churn_core.tables import Tables
 
-    registry = LocalRegistry(s.resolve(s.registry.root))
-    contract = registry.load_model(s.model_name, s.serve.alias).contract
+    with open_registry(s.registry, s.resolve) as registry:
+        contract = registry.load_model(s.model_name, s.serve.alias).contract
     example = _example_features(Tables(s.dataset_lake), contract)
     body = json.dumps({"customer_id": example.pop("__key"), "features": example})
     batch = json.dumps({"records": [json.loads(body)] * 2})
@@ -367,31 +365,13 @@ def run_command(
             serve_forever(s)
 
 
-@models_app.command("list")
-@one_line_errors
-def models_list_command() -> None:
-    """Registered versions with their metrics and aliases."""
-    from rich.table import Table
+def _mount_models_app() -> None:
+    from churn.models_cli import app as models_app
 
-    from churn_core.registry import LocalRegistry
+    app.add_typer(models_app, name="models")
 
-    s = settings()
-    registry = LocalRegistry(s.resolve(s.registry.root))
-    name = s.model_name
-    aliases: dict[int, list[str]] = {}
-    for alias, version in registry.aliases(name).items():
-        aliases.setdefault(version, []).append(alias)
-    table = Table("version", "created", "roc_auc", "pr_auc", "dataset", "aliases")
-    for meta in registry.list(name):
-        table.add_row(
-            str(meta.version),
-            meta.created_at.isoformat(timespec="seconds"),
-            f"{meta.metrics.get('roc_auc', float('nan')):.4f}",
-            f"{meta.metrics.get('pr_auc', float('nan')):.4f}",
-            str(meta.lineage.get("dataset", "")),
-            ",".join(aliases.get(meta.version, [])),
-        )
-    console.print(table)
+
+_mount_models_app()
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -63,6 +63,17 @@ class TrainingSettings(BaseModel):
     hash_split_valid_fraction: float = Field(0.1, gt=0, lt=0.5)
     min_champion_auc: float = Field(0.6, ge=0, le=1)
     storage_path: Path = Path("var/ray_results")
+    seed: int = 7
+    # Class imbalance: "none" keeps probabilities calibrated (the decision threshold is chosen
+    # on the validation split instead); "balanced" weights positives by negatives/positives;
+    # a number sets XGBoost's scale_pos_weight directly.
+    imbalance: Literal["none", "balanced"] | float = "none"
+    # How the label threshold is chosen on the validation split.
+    threshold_metric: Literal["f1", "fixed"] = "f1"
+    fixed_threshold: float = Field(0.5, gt=0, lt=1)
+    # A checkpoint every N boosting rounds lets a failed worker group resume, not restart.
+    checkpoint_every_rounds: int = Field(100, ge=1)
+    max_failures: int = Field(1, ge=0)
 
 
 class IngestSettings(BaseModel):
@@ -160,10 +171,37 @@ SourceSettings = Annotated[
 
 
 class RegistrySettings(BaseModel):
-    """Model registry location and the model name to register under."""
+    """Model registry: where artifacts and metadata live, the model name, the promotion gates.
 
+    Artifacts (model, contract, report files) go to a pyarrow file system URI; metadata
+    (versions, aliases and their history, metric history) to JSON files under ``root`` or to
+    MongoDB. The defaults keep everything under ``root`` so a bare laptop needs no server.
+    """
+
+    # JSON metadata store location, and the artifact location when artifact_uri is unset.
     root: Path = Path("var/registry")
     model_name: str | None = None  # default: churn-<dataset>
+    metadata: Literal["files", "mongodb"] = "files"
+    # A pyarrow.fs URI (s3://bucket/prefix, gs://..., file:///abs/path) or a local path
+    # (relative paths are resolved against the project root). S3 credentials come from the
+    # usual AWS variables, never from here: a URI ends up in log lines.
+    artifact_uri: str | None = None
+    # mongodb://user:password@host:port/?authSource=admin; secret because it may carry a password.
+    mongodb_url: SecretStr | None = None
+    mongodb_database: str = "churn_registry"
+    # How long a registry call waits for an unreachable MongoDB before failing with one line.
+    mongodb_timeout_s: float = Field(5.0, gt=0)
+    # Promotion gates (a YAML file validated by churn_core.promotion).
+    gates_path: Path = Path("configs/promotion.yaml")
+
+    @model_validator(mode="after")
+    def _mongodb_needs_url(self) -> RegistrySettings:
+        if self.metadata == "mongodb" and self.mongodb_url is None:
+            raise ValueError(
+                "registry.metadata is 'mongodb' but registry.mongodb_url is not set "
+                "(e.g. CHURN_REGISTRY__MONGODB_URL=mongodb://host:27017)"
+            )
+        return self
 
 
 class ServeSettings(BaseModel):

@@ -6,6 +6,7 @@ built after the model is loaded because its request model follows the loaded mod
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -47,8 +48,12 @@ def build_app(args: dict[str, Any]) -> Application:
     """Application builder named by ``import_path`` in ``configs/serve/*.yaml``."""
     parsed = AppArgs.model_validate(args)
     settings = load_settings(parsed.env)
+    registry = settings.registry
+    if parsed.registry_root:
+        registry = registry.model_copy(update={"root": Path(parsed.registry_root)})
     loader = RegistryLoader(
-        root=parsed.registry_root or str(settings.resolve(settings.registry.root)),
+        registry=registry,
+        project_root=str(settings.resolve(Path("."))),
         model_name=parsed.model_name or settings.model_name,
         alias=parsed.alias or settings.serve.alias,
     )

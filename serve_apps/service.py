@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from churn_core.model import ChurnModel
-from churn_core.registry import LocalRegistry, ModelVersion
-from churn_core.settings import ServeSettings
+from churn_core.registry import ModelVersion, open_registry
+from churn_core.settings import RegistrySettings, ServeSettings
 from serve_apps.schemas import FeatureImportance, ModelMetrics, Prediction, Reason
 
 ModelLoader = Callable[[], tuple[ChurnModel, ModelVersion]]
@@ -20,15 +20,19 @@ ModelLoader = Callable[[], tuple[ChurnModel, ModelVersion]]
 class RegistryLoader:
     """Loads the version an alias points to (injected into the deployment, swappable in tests)."""
 
-    root: str
+    registry: RegistrySettings
+    project_root: str
     model_name: str
     alias: str
 
+    def _resolve(self, path: Path) -> Path:
+        return path if path.is_absolute() else Path(self.project_root) / path
+
     def __call__(self) -> tuple[ChurnModel, ModelVersion]:
         """Load the model and its metadata."""
-        registry = LocalRegistry(Path(self.root))
-        meta = registry.resolve(self.model_name, self.alias)
-        return registry.load_model(self.model_name, meta.version), meta
+        with open_registry(self.registry, self._resolve) as registry:
+            meta = registry.resolve(self.model_name, self.alias)
+            return registry.load_model(self.model_name, meta.version), meta
 
 
 @dataclass

@@ -9,6 +9,7 @@ customer between splits.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,6 +35,8 @@ class GoldData:
     dataset: ray.data.Dataset
     delta_version: int
     path: Path
+    # What the gold build recorded in its commit (contract hash, silver versions): lineage.
+    inputs: dict[str, object] | None = None
 
 
 def read_gold(path: Path) -> GoldData:
@@ -41,8 +44,12 @@ def read_gold(path: Path) -> GoldData:
     import ray.data
     from deltalake import DeltaTable
 
-    version = int(DeltaTable(str(path)).version())
-    return GoldData(ray.data.read_delta(str(path), version=version), version, path)
+    table = DeltaTable(str(path))
+    version = int(table.version())
+    commit = next((c for c in table.history() if c.get("version") == version), {})
+    metadata = commit.get("userMetadata")
+    inputs = json.loads(metadata) if metadata else None
+    return GoldData(ray.data.read_delta(str(path), version=version), version, path, inputs)
 
 
 def hash_fraction(key: str) -> float:
