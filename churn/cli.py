@@ -209,6 +209,45 @@ def run_train(s: Settings) -> None:
     )
 
 
+def run_tune(s: Settings) -> None:
+    """Search with Ray Tune, re-fit the best configuration with Ray Train, register it."""
+    from churn_core.contract import load_contract
+    from churn_core.registry import open_registry
+    from churn_core.tables import Tables
+    from training.data import read_gold
+    from training.pipeline import train_and_register
+    from training.tune import print_trials, tune_model
+
+    contract = load_contract(s.contract_path)
+    tables = Tables(s.dataset_lake)
+    with console.status("tune: Ray Tune search"):
+        result = tune_model(s, contract, read_gold(tables.gold_features), show=False)
+    print_trials(result, console)
+    _done(
+        "tune",
+        result.seconds,
+        trials=len(result.trials),
+        best=f"{result.metric}={result.best_metric:.4f}",
+        results=str(result.files.get("csv", result.path)),
+    )
+    tuned = s.model_copy(update={"training": result.training_settings(s.training)})
+    lineage = {"tune": {"experiment": str(result.path), "best_params": result.best_params}}
+    with (
+        console.status("train: best configuration with Ray Train"),
+        open_registry(s.registry, s.resolve) as registry,
+    ):
+        summary = train_and_register(tuned, contract, tables, registry, extra_lineage=lineage)
+    m = summary.version.metrics
+    _done(
+        "train",
+        summary.seconds,
+        version=summary.version.version,
+        aliases=",".join(summary.aliases) or "-",
+        roc_auc=f"{m['roc_auc']:.3f}",
+        pr_auc=f"{m['pr_auc']:.3f}",
+    )
+
+
 def curl_examples(base_url: str, s: Settings) -> list[str]:
     """Ready-to-paste curl commands for the served model."""
     import json
@@ -327,6 +366,13 @@ def features_command() -> None:
 def train_command() -> None:
     """Train with Ray Train, evaluate, register, set aliases."""
     _with_ray(run_train)
+
+
+@app.command("tune")
+@one_line_errors
+def tune_command() -> None:
+    """Ray Tune search (configs/tune.yaml), then re-fit the best with Ray Train and register."""
+    _with_ray(run_tune)
 
 
 @app.command("serve")

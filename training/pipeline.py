@@ -58,7 +58,11 @@ def _features_and_labels(frame: Any, contract: FeatureContract) -> tuple[np.ndar
 
 
 def train_and_register(
-    settings: Settings, contract: FeatureContract, tables: Tables, registry: Registry
+    settings: Settings,
+    contract: FeatureContract,
+    tables: Tables,
+    registry: Registry,
+    extra_lineage: dict[str, Any] | None = None,
 ) -> TrainSummary:
     """Read gold, fit with Ray Train, evaluate on the held-out split, register, set aliases.
 
@@ -111,6 +115,7 @@ def train_and_register(
                 "gold_inputs": gold.inputs,
                 "code_version": code_version(settings.resolve(Path("."))),
                 "rows": rows,
+                **(extra_lineage or {}),
             },
             feature_importance=importance["gain"],
             segments=segments,
