@@ -246,10 +246,25 @@ def local_trial(config: dict[str, Any], data: _LocalData) -> None:
     import xgboost as xgb
     from ray import tune
 
+    started_at = time.time()
+
+    def report(history: Any, completed: bool) -> None:
+        # Wall-clock start and report times from inside the trial (Tune's own timestamp field is
+        # whole seconds), so concurrency can be checked from the trials' side too.
+        metrics = _eval_metrics(history, data.metric)
+        tune.report(
+            {
+                **metrics,
+                "completed": completed,
+                "started_at": started_at,
+                "reported_at": time.time(),
+            }
+        )
+
     class ReportEvery(xgb.callback.TrainingCallback):
         def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
             if (epoch + 1) % data.report_every == 0:
-                tune.report({**_eval_metrics(evals_log, data.metric), "completed": False})
+                report(evals_log, completed=False)
             return False
 
     encoder = FeatureEncoder(data.contract)
@@ -266,7 +281,7 @@ def local_trial(config: dict[str, Any], data: _LocalData) -> None:
         callbacks=[ReportEvery()],
         verbose_eval=False,
     )
-    tune.report({**_eval_metrics(history, data.metric), "completed": True})
+    report(history, completed=True)
 
 
 @dataclass(frozen=True)
@@ -282,6 +297,7 @@ def ray_train_trial(config: dict[str, Any], data: _RayTrainData) -> None:
     """One trial as a Train V2 driver: build and fit an ``XGBoostTrainer``, report once."""
     from ray import tune
 
+    started_at = time.time()
     training = data.training.model_copy(update={"params": {**data.training.params, **config}})
     fit = fit_xgboost(
         data.datasets,
@@ -298,6 +314,8 @@ def ray_train_trial(config: dict[str, Any], data: _RayTrainData) -> None:
             "rounds": fit.best_iteration + 1,
             "train_seconds": fit.seconds,
             "completed": True,
+            "started_at": started_at,
+            "reported_at": time.time(),
         }
     )
 
@@ -359,7 +377,9 @@ def _asha_class() -> type:
             self, tune_controller: Any, trial: Trial, result: dict[str, Any]
         ) -> str:
             decision = super().on_trial_result(tune_controller, trial, result)
-            if decision == TrialScheduler.STOP and not result.get("completed"):
+            # ASHA also stops a trial on reaching max_t: that one ran to its end.
+            ran_out = result.get(self._time_attr, 0) >= self._max_t
+            if decision == TrialScheduler.STOP and not result.get("completed") and not ran_out:
                 self.stopped.add(trial.trial_id)
             return str(decision)
 
@@ -426,11 +446,11 @@ def _arrays(frame: pd.DataFrame, contract: FeatureContract) -> tuple[np.ndarray,
     return features, frame[LABEL_COLUMN].to_numpy(dtype=np.float32)
 
 
-def _status(trial: Trial, asha_stopped: set[str]) -> str:
+def _status(trial: Trial, asha_stopped: set[str], max_rounds: int) -> str:
     result = trial.last_result or {}
     if trial.status == "ERROR":
         return "error"
-    if result.get("completed"):
+    if result.get("completed") or result.get("rounds", 0) >= max_rounds:
         return "completed"
     if trial.trial_id in asha_stopped:
         return "stopped by ASHA"
@@ -452,14 +472,17 @@ def _trial_table(
         rows.append(
             {
                 "trial_id": trial.trial_id,
-                "status": _status(trial, asha_stopped),
+                "status": _status(trial, asha_stopped, tune.num_boost_round),
                 tune.metric: result.get(tune.metric, math.nan),
                 "best_iteration": result.get("best_iteration", -1),
                 "rounds": result.get("rounds", 0),
                 "reports": result.get("training_iteration", 0),
                 "seconds": (ended - started) if started and ended else math.nan,
+                # Tune's view (callbacks in the driver) and the trial's own clock.
                 "started_at": started or math.nan,
                 "ended_at": ended or math.nan,
+                "trial_started_at": result.get("started_at", math.nan),
+                "trial_reported_at": result.get("reported_at", math.nan),
                 **{f"param.{k}": v for k, v in trial.config.items()},
             }
         )
