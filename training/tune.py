@@ -25,6 +25,8 @@ import contextlib
 import io
 import json
 import math
+import signal
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -564,6 +566,24 @@ def _write_results(result: TuneResult) -> dict[str, Path]:
     return {"csv": csv_path, "json": json_path}
 
 
+def _fit_keeping_signal_handlers(tuner: Any) -> Any:
+    """``tuner.fit()``, then put back the SIGINT/SIGUSR1 handlers Tune replaces and never restores.
+
+    Tune restores the previous handler only after catching a signal; left in place, its handler
+    would swallow a later Ctrl-C (as Ray Train's did, see ``training.train``).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return tuner.fit()
+    signals = [signal.SIGINT, *([signal.SIGUSR1] if hasattr(signal, "SIGUSR1") else [])]
+    saved = {number: signal.getsignal(number) for number in signals}
+    try:
+        return tuner.fit()
+    finally:
+        for number, handler in saved.items():
+            if handler is not None:
+                signal.signal(number, handler)
+
+
 def tune_model(
     settings: Settings,
     contract: FeatureContract,
@@ -670,9 +690,12 @@ def tune_model(
     )
     # Tune prints its experiment banner whatever the verbosity; the trial table replaces it.
     with contextlib.redirect_stdout(io.StringIO()):
-        tuner.fit()
+        _fit_keeping_signal_handlers(tuner)
     asha_stopped: set[str] = getattr(scheduler, "stopped", set())
     table = _trial_table(ledger.trials, ledger, asha_stopped, ts)
+    failed = [t for t in ledger.trials if t.status == "ERROR"]
+    for trial in failed:
+        log.warning("tune trial failed", trial=trial.trial_id, error=str(trial.error_file))
     scored = table.dropna(subset=[ts.metric])
     if scored.empty:
         raise RuntimeError(f"tuning {name}: no trial reported {ts.metric}")

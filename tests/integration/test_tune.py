@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -146,7 +147,10 @@ def test_tune_runs_trials_and_returns_the_best_reported_config(
     settings = telco_settings(tmp_path)
     contract = load_contract(TELCO_CONTRACT)
     tune = load_tune_settings("telco", "test").model_copy(update={"num_samples": 6})
+    handler = signal.getsignal(signal.SIGINT)
     result = tune_model(settings, contract, gold_data(tiny_gold(contract)), tune)
+    # Tune's own Ctrl-C handler is not left behind (it would swallow a later Ctrl-C).
+    assert signal.getsignal(signal.SIGINT) is handler
 
     trials = result.trials
     assert len(trials) == 6 and trials["trial_id"].is_unique
