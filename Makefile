@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-run: install
+run: install services
 	$(BIN)/churn run
 
 test: install services lint

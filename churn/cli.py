@@ -248,8 +248,11 @@ def run_tune(s: Settings) -> None:
     )
 
 
-def curl_examples(base_url: str, s: Settings) -> list[str]:
-    """Ready-to-paste curl commands for the served model."""
+LOCAL_CLIENT = ("local-dev", "local-dev-secret")  # configs/auth/local.yaml; local use only
+
+
+def curl_examples(base_url: str, s: Settings, client: tuple[str, str] = LOCAL_CLIENT) -> list[str]:
+    """Ready-to-paste shell lines for the served model: get a token, then call each route."""
     import json
 
     from churn_core.registry import open_registry
@@ -258,14 +261,24 @@ def curl_examples(base_url: str, s: Settings) -> list[str]:
     with open_registry(s.registry, s.resolve) as registry:
         contract = registry.load_model(s.model_name, s.serve.alias).contract
     example = _example_features(Tables(s.dataset_lake), contract)
-    body = json.dumps({"customer_id": example.pop("__key"), "features": example})
+    customer_id = example.pop("__key")
+    body = json.dumps({"customer_id": customer_id, "features": example})
     batch = json.dumps({"records": [json.loads(body)] * 2})
-    return [
-        f"curl -s -X POST {base_url}/v1/predict -H 'Content-Type: application/json' -d '{body}'",
-        f"curl -s -X POST {base_url}/v1/batch_predict -H 'Content-Type: application/json' -d '{batch}'",
-        f"curl -s {base_url}/v1/model_metrics",
-        f"curl -s {base_url}/v1/feature_importance",
+    auth = '-H "Authorization: Bearer $TOKEN"'
+    json_body = "-H 'Content-Type: application/json'"
+    lines = [
+        f"TOKEN=$(curl -s -u {client[0]}:{client[1]} -d grant_type=client_credentials "
+        f"{base_url}/v1/oauth/token | python3 -c 'import json,sys; "
+        'print(json.load(sys.stdin)["access_token"])\')',
+        f"curl -s -X POST {base_url}/v1/predict {auth} {json_body} -d '{body}'; echo",
+        f"curl -s -X POST {base_url}/v1/batch_predict {auth} {json_body} -d '{batch}'; echo",
+        f"curl -s {base_url}/v1/model_metrics {auth}; echo",
+        f"curl -s {base_url}/v1/feature_importance {auth}; echo",
     ]
+    if s.serve.online_store.redis_url or s.serve.online_store.postgres_url:
+        by_id = json.dumps({"customer_id": customer_id})
+        lines.append(f"curl -s -X POST {base_url}/v1/predict {auth} {json_body} -d '{by_id}'; echo")
+    return lines
 
 
 def _example_features(tables: Any, contract: Any) -> dict[str, Any]:
@@ -309,9 +322,11 @@ def serve_forever(s: Settings) -> None:
 def _with_ray(action: Callable[[Settings], None]) -> None:
     """Run ``action`` with Ray started (or joined) from settings."""
     from churn_core.ray_runtime import ray_session
+    from serve_apps.launcher import serve_environment
 
     s = settings()
-    with ray_session(s.ray):
+    # Serve's ingress switches must be in place before Ray starts, whatever runs first.
+    with ray_session(s.ray, serve_environment(s.serve, s.resolve(Path("var")))):
         action(s)
 
 
@@ -404,17 +419,48 @@ def run_command(
             )
         run_generate(s)
     run_spark_stages(s)
-    with ray_session(s.ray):
+    _materialize_if_configured(s)
+    from serve_apps.launcher import serve_environment
+
+    with ray_session(s.ray, serve_environment(s.serve, s.resolve(Path("var")))):
         run_train(s)
         console.print(f"pipeline finished in {time.perf_counter() - started:.1f} s")
         if serve:
             serve_forever(s)
 
 
+def _materialize_if_configured(s: Settings) -> None:
+    """Fill the online store when one is configured; a store that is down only warns."""
+    store = s.serve.online_store
+    if not (store.redis_url or store.postgres_url):
+        return
+    from churn.materialize_cli import run_materialize
+    from pipelines.online_store import OnlineStoreError
+
+    try:
+        run_materialize(s)
+    except OnlineStoreError as exc:
+        console.print(
+            f"[yellow]online store not filled[/yellow] ({exc}); /predict by features "
+            "works, by customer_id answers 503 until `churn materialize` succeeds"
+        )
+
+
+def _mount_materialize() -> None:
+    from churn.materialize_cli import materialize_command
+
+    app.command("materialize")(one_line_errors(materialize_command))
+
+
+_mount_materialize()
+
+
 def _mount_models_app() -> None:
+    from churn.auth_cli import auth_app
     from churn.models_cli import app as models_app
 
     app.add_typer(models_app, name="models")
+    app.add_typer(auth_app, name="auth")
 
 
 _mount_models_app()

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from churn_core.settings import RaySettings
 
 
 @contextmanager
-def ray_session(settings: RaySettings) -> Iterator[None]:
-    """Join ``settings.address`` or start a local cluster bound to loopback; shut down what we started."""
+def ray_session(
+    settings: RaySettings, environment: Mapping[str, str] | None = None
+) -> Iterator[None]:
+    """Join ``settings.address`` or start a local cluster bound to loopback; shut down what we started.
+
+    ``environment`` is set before a local cluster starts, so its processes (the Serve
+    controller, replicas) see it: Ray Serve reads its feature switches at import.
+    """
     if not settings.address and settings.node_ip_address in ("127.0.0.1", "localhost"):
         # Ray swaps a loopback node address for the machine's external one unless it thinks it
         # runs a single-machine (laptop) cluster; this switch keeps every Ray port on loopback.
@@ -26,6 +32,7 @@ def ray_session(settings: RaySettings) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
+    os.environ.update(environment or {})
     # Ray Data's per-operator progress bars flood logs of non-interactive runs.
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     if settings.address:

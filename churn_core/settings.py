@@ -204,16 +204,96 @@ class RegistrySettings(BaseModel):
         return self
 
 
+Role = Literal["viewer", "predictor", "admin"]
+
+
+class PrincipalSettings(BaseModel):
+    """An API client (client-credentials grant) or a user (password grant)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # argon2 hash of the client secret or password (``churn auth hash`` prints one).
+    secret_hash: str
+    roles: list[Role] = Field(min_length=1)
+    # customer_id prefixes this principal may score by id; "*" is every customer.
+    customer_scope: list[str] = Field(default_factory=lambda: ["*"])
+    # Requests per rate-limit window; None uses ``serve.rate_limit.requests``.
+    rate_limit: int | None = Field(None, ge=1)
+
+
+class AuthSettings(BaseModel):
+    """OAuth2 token endpoint and JWT verification.
+
+    Keys live in ``keys_dir`` as ``<kid>.secret`` (HS256) or ``<kid>.pem`` + ``<kid>.pub.pem``
+    (RS256), so a Kubernetes Secret mounted as a folder rotates them: add the new key, point
+    ``active_kid`` at it, remove the old one once its tokens have expired.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    issuer: str = "churn-api"
+    audience: str = "churn-api"
+    algorithm: Literal["HS256", "RS256"] = "HS256"
+    token_ttl_s: int = Field(900, ge=1, le=86_400)
+    keys_dir: Path = Path("var/keys")
+    active_kid: str = "dev-1"
+    # Local and test only: create the active key if it is missing.
+    create_missing_key: bool = False
+    # YAML file mapping ``clients:`` and ``users:`` names to PrincipalSettings.
+    principals_path: Path = Path("configs/auth/local.yaml")
+
+
+class RateLimitSettings(BaseModel):
+    """Per-client fixed-window rate limit (in Redis, per replica when Redis is down)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests: int = Field(6_000, ge=1)
+    window_s: int = Field(60, ge=1)
+
+
+class OnlineStoreSettings(BaseModel):
+    """Where ``/predict`` by customer_id finds features: Redis first, then PostgreSQL."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    redis_url: SecretStr | None = None
+    postgres_url: SecretStr | None = None
+    key_prefix: str = "churn:features"
+    table: str = "online_features"
+    # How long a lookup waits for a PostgreSQL connection before answering 503.
+    postgres_timeout_s: float = Field(1.0, gt=0)
+
+
 class ServeSettings(BaseModel):
-    """Serve application: config file, address and request limits."""
+    """Serve application: config file, address, limits, cache, auth and the online store."""
 
     config_path: Path = Path("configs/serve/local.yaml")
     host: str = "127.0.0.1"
     port: int = 8000
+    # haproxy: HAProxy on ``port`` balances straight to each replica's own HTTP server (Ray's
+    # direct ingress; ~10x the throughput of the Python proxy on 2 cores). proxy: Ray's proxy.
+    ingress: Literal["haproxy", "proxy"] = "haproxy"
+    # HAProxy's stats and metrics ports (Ray's defaults 8404 and 9101 clash on shared hosts).
+    haproxy_stats_port: int = 8404
+    haproxy_metrics_port: int = 9101
     alias: str = "champion"
     max_batch_records: int = Field(1_000, ge=1)
+    max_body_bytes: int = Field(2_000_000, ge=1_024)
     top_reasons: int = Field(3, ge=0)
+    # Used only when the model version records no threshold of its own.
     threshold: float = Field(0.5, gt=0, lt=1)
+    # How often a replica checks whether the alias moved (0: never; admin reload still works).
+    reload_interval_s: float = Field(10.0, ge=0)
+    # Prediction cache and rate limits; None keeps both in the replica's memory.
+    redis_url: SecretStr | None = None
+    redis_timeout_s: float = Field(0.25, gt=0)
+    cache_ttl_s: int = Field(300, ge=0)
+    cors_origins: list[str] = Field(default_factory=list)
+    rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    online_store: OnlineStoreSettings = Field(default_factory=OnlineStoreSettings)
 
 
 class Settings(BaseSettings):

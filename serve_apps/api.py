@@ -1,14 +1,31 @@
-"""The HTTP API as a plain FastAPI app: run by Ray Serve in production, by TestClient in tests."""
+"""The HTTP API: run by Ray Serve in production, by uvicorn in the benchmark's baseline.
+
+Every route but the probes and ``/metrics`` needs a bearer token with the right role; the
+token endpoint issues them. Errors are one machine-readable body (:class:`ErrorBody`).
+"""
 
 # No `from __future__ import annotations`: FastAPI must see the request models built at runtime.
 
-from typing import Any
+import asyncio
+import base64
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+from urllib.parse import unquote
 
-from fastapi import APIRouter, FastAPI, Request
+import orjson
+from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from churn_core.registry import PromotionRefused, RegistryError
+from serve_apps.auth import AuthError, Principal, TokenResponse
+from serve_apps.online_store import OnlineStoreUnavailable
+from serve_apps.runtime import ServingRuntime
 from serve_apps.schemas import (
     BatchPrediction,
     ErrorBody,
@@ -16,25 +33,50 @@ from serve_apps.schemas import (
     FeatureImportance,
     ModelMetrics,
     Prediction,
-    features_model,
+    PromoteRequest,
+    ReloadResult,
+    request_models,
 )
-from serve_apps.service import PredictionService
+
+# The principal of every request when auth is switched off (local experiments only).
+ANONYMOUS = Principal(
+    subject="anonymous",
+    client_id="anonymous",
+    roles=frozenset({"viewer", "predictor"}),
+    customer_scope=("*",),
+    rate_limit=None,
+)
 
 
-def _request_models(service: PredictionService) -> tuple[type[BaseModel], type[BaseModel]]:
-    features = features_model(service.model.contract)
-    single = create_model(
-        "PredictRequest",
-        __config__=ConfigDict(extra="forbid"),
-        customer_id=(str | None, Field(None, max_length=128)),
-        features=(features, ...),
-    )
-    batch = create_model(
-        "BatchPredictRequest",
-        __config__=ConfigDict(extra="forbid"),
-        records=(list[single], Field(..., min_length=1)),
-    )
-    return single, batch
+class OrjsonResponse(JSONResponse):
+    """JSON rendered by orjson (several times faster than the standard library here)."""
+
+    def render(self, content: Any) -> bytes:
+        """Serialise ``content``."""
+        return orjson.dumps(content)
+
+
+class ApiError(Exception):
+    """A refusal with its status, machine code and headers."""
+
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        message: str,
+        field: str = "body",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = ErrorBody(error=error, detail=[ErrorDetail(field=field, message=message)])
+        self.headers = headers or {}
+
+
+def _error_response(
+    status: int, body: ErrorBody, headers: dict[str, str] | None = None
+) -> OrjsonResponse:
+    return OrjsonResponse(status_code=status, content=body.model_dump(), headers=headers)
 
 
 def _field_name(location: tuple[Any, ...] | list[Any]) -> str:
@@ -42,61 +84,373 @@ def _field_name(location: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(parts) or "body"
 
 
-async def _validation_error(request: Request, error: Exception) -> JSONResponse:
+async def _on_validation_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, RequestValidationError)
+    detail = [ErrorDetail(field=_field_name(e["loc"]), message=e["msg"]) for e in error.errors()]
+    return _error_response(422, ErrorBody(error="invalid_request", detail=detail))
+
+
+async def _on_api_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, ApiError)
+    return _error_response(error.status, error.body, error.headers)
+
+
+async def _on_auth_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, AuthError)
+    runtime: ServingRuntime = request.app.state.runtime
+    runtime.metrics.auth_failures.labels(error.error).inc()
+    headers = {"WWW-Authenticate": error.www_authenticate} if error.www_authenticate else {}
     body = ErrorBody(
-        error="invalid_request",
-        detail=[ErrorDetail(field=_field_name(e["loc"]), message=e["msg"]) for e in error.errors()],
+        error=error.error,
+        detail=[ErrorDetail(field="authorization", message=error.message)],
     )
-    return JSONResponse(status_code=422, content=body.model_dump())
+    return _error_response(error.status, body, headers)
 
 
-def create_api(service: PredictionService) -> FastAPI:
-    """Build the app for one loaded model (the request model follows that model's contract)."""
-    single, batch = _request_models(service)
-    limit = service.settings.max_batch_records
-    router = APIRouter()
+async def _on_http_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, StarletteHTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+    body = ErrorBody(
+        error=codes.get(error.status_code, "http_error"),
+        detail=[ErrorDetail(field="request", message=str(error.detail))],
+    )
+    return _error_response(error.status_code, body, dict(error.headers or {}))
 
-    @router.post("/predict", response_model=Prediction)
-    async def predict(body: single) -> Prediction:  # type: ignore[valid-type]
-        request: Any = body
-        return service.predict([request.features.model_dump()], [request.customer_id])[0]
+
+async def _on_store_unavailable(request: Request, error: Exception) -> Response:
+    body = ErrorBody(
+        error="online_store_unavailable",
+        detail=[ErrorDetail(field="customer_id", message=str(error))],
+    )
+    return _error_response(503, body, {"Retry-After": "1"})
+
+
+class RequestMetrics:
+    """Counts and times every HTTP request by route template and status (pure ASGI: cheap)."""
+
+    def __init__(self, app: ASGIApp, runtime: ServingRuntime) -> None:
+        self.app = app
+        self.runtime = runtime
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on, recording its status and duration."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            metrics = self.runtime.metrics
+            metrics.requests.labels(route, str(status)).inc()
+            metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+
+def _guard(runtime: ServingRuntime, role: str) -> Callable[[Request], Awaitable[Principal]]:
+    """A dependency: authenticate, check ``role``, count the request against the rate limit."""
+
+    async def authorised(request: Request) -> Principal:
+        authenticator = runtime.authenticator
+        if authenticator is None:
+            if role == "admin":  # never an unauthenticated admin route
+                raise ApiError(403, "auth_disabled", "admin routes need auth enabled")
+            principal = ANONYMOUS
+        else:
+            principal = authenticator.verify(request.headers.get("authorization"))
+            principal.require(role)
+        await _admit(runtime, principal.client_id, principal.rate_limit)
+        return principal
+
+    return authorised
+
+
+async def _admit(runtime: ServingRuntime, client_id: str, limit: int | None) -> None:
+    admission = await runtime.limiter.admit(client_id, limit)
+    if not admission.allowed:
+        runtime.metrics.rate_limited.inc()
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"more than {admission.limit} requests in this window; retry after "
+            f"{admission.retry_after_s} s",
+            field="authorization",
+            headers={
+                "Retry-After": str(admission.retry_after_s),
+                "X-RateLimit-Limit": str(admission.limit),
+                "X-RateLimit-Remaining": "0",
+            },
+        )
+
+
+async def _features_of(
+    runtime: ServingRuntime, principal: Principal, record: Any, field: str
+) -> tuple[dict[str, Any], str]:
+    """The record's features, looked up by customer_id when the request has none."""
+    customer_id = record.customer_id
+    if customer_id is not None and not principal.may_access(customer_id):
+        principal.require_customer(customer_id)
+    if record.features is not None:
+        features: dict[str, Any] = record.features.model_dump()
+        return features, "request"
+    found = await runtime.lookup_features(customer_id)
+    if found is None:
+        raise ApiError(
+            404, "unknown_customer", f"no features for customer {customer_id}", field=field
+        )
+    return found.features, found.source
+
+
+def _business_routes(runtime: ServingRuntime) -> APIRouter:
+    single, batch = request_models(runtime.contract)
+    predictor = Depends(_guard(runtime, "predictor"))
+    viewer = Depends(_guard(runtime, "viewer"))
+    limit = runtime.settings.max_batch_records
+    # Prefixes on the router itself (not at include time) keep them in each route's path,
+    # which is what the metrics label requests by.
+    router = APIRouter(prefix="/v1")
+
+    @router.post(
+        "/predict",
+        response_model=Prediction,
+        responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    )
+    async def predict(
+        body: single,  # type: ignore[valid-type]
+        principal: Annotated[Principal, predictor],
+    ) -> Response:
+        """Churn probability, label and top reasons for a customer's features or id."""
+        features, source = await _features_of(runtime, principal, body, "customer_id")
+        customer_id: str | None = body.customer_id  # type: ignore[attr-defined]
+        answer = await runtime.predict(features, customer_id, source)
+        return OrjsonResponse(answer)
 
     @router.post(
         "/batch_predict",
         response_model=BatchPrediction,
-        responses={413: {"model": ErrorBody}},
+        responses={413: {"model": ErrorBody}, 404: {"model": ErrorBody}},
     )
-    async def batch_predict(body: batch) -> Any:  # type: ignore[valid-type]
+    async def batch_predict(
+        body: batch,  # type: ignore[valid-type]
+        principal: Annotated[Principal, predictor],
+    ) -> Response:
+        """Predictions for up to ``max_batch_records`` records, in request order."""
         records: Any = body.records  # type: ignore[attr-defined]
         if len(records) > limit:
-            detail = ErrorDetail(
+            raise ApiError(
+                413,
+                "batch_too_large",
+                f"{len(records)} records exceed the limit of {limit}; "
+                "score large sets offline with the batch scoring job (churn score)",
                 field="records",
-                message=f"{len(records)} records exceed the limit of {limit}; "
-                "score large sets offline with the batch scoring job",
             )
-            content = ErrorBody(error="batch_too_large", detail=[detail]).model_dump()
-            return JSONResponse(status_code=413, content=content)
-        predictions = service.predict(
-            [r.features.model_dump() for r in records], [r.customer_id for r in records]
+        looked_up = await asyncio.gather(
+            *(
+                _features_of(runtime, principal, r, f"records.{i}.customer_id")
+                for i, r in enumerate(records)
+            )
         )
-        return BatchPrediction(model_version=service.version, predictions=predictions)
+        version, answers = await runtime.predict_batch(
+            [f for f, _ in looked_up], [r.customer_id for r in records], [s for _, s in looked_up]
+        )
+        return OrjsonResponse({"model_version": version, "predictions": answers})
 
     @router.get("/model_metrics", response_model=ModelMetrics)
-    async def model_metrics() -> ModelMetrics:
-        return service.model_metrics()
+    async def model_metrics(principal: Annotated[Principal, viewer]) -> ModelMetrics:
+        """The serving version's evaluation metrics, threshold and this replica's counters."""
+        service = runtime.service
+        return ModelMetrics(
+            model_name=service.meta.name,
+            model_version=service.version,
+            alias=runtime.settings.alias,
+            threshold=service.threshold,
+            metrics=service.meta.metrics,
+            lineage=service.meta.lineage,
+            served=dict(runtime.served),
+        )
 
-    @router.get("/feature_importance", response_model=FeatureImportance)
-    async def feature_importance() -> FeatureImportance:
-        return service.feature_importance()
+    @router.get(
+        "/feature_importance",
+        response_model=FeatureImportance,
+        responses={404: {"model": ErrorBody}},
+    )
+    async def feature_importance(
+        principal: Annotated[Principal, viewer],
+        version: Annotated[int | None, Query(ge=1, description="Default: the serving one.")] = None,
+    ) -> FeatureImportance:
+        """Global gain importance of the serving version, or of another registered one."""
+        service = runtime.service
+        if version is None or version == service.version:
+            return FeatureImportance(
+                model_version=service.version,
+                importance_type="gain",
+                importance=service.feature_importance(),
+            )
+        try:
+            meta = await asyncio.to_thread(runtime.source.metadata, version)
+        except RegistryError as exc:
+            raise ApiError(404, "unknown_version", str(exc), field="version") from exc
+        ranked = dict(sorted(meta.feature_importance.items(), key=lambda kv: -kv[1]))
+        return FeatureImportance(model_version=version, importance_type="gain", importance=ranked)
+
+    return router
+
+
+def _admin_routes(runtime: ServingRuntime) -> APIRouter:
+    admin = Depends(_guard(runtime, "admin"))
+    router = APIRouter(prefix="/v1/admin")
+
+    @router.post("/reload", response_model=ReloadResult)
+    async def reload(principal: Annotated[Principal, admin]) -> ReloadResult:
+        """Check the serving alias now (other replicas follow within ``reload_interval_s``)."""
+        changed = await runtime.reload()
+        return ReloadResult(
+            model_version=runtime.service.version, changed=changed, error=runtime.last_reload_error
+        )
+
+    @router.post("/promote", response_model=ReloadResult, responses={409: {"model": ErrorBody}})
+    async def promote(body: PromoteRequest, principal: Annotated[Principal, admin]) -> ReloadResult:
+        """Move the serving alias through the promotion gates, then reload."""
+        try:
+            await asyncio.to_thread(
+                runtime.source.promote, body.version, principal.subject, body.reason
+            )
+        except PromotionRefused as exc:
+            raise ApiError(409, "promotion_refused", str(exc), field="version") from exc
+        except RegistryError as exc:
+            raise ApiError(404, "unknown_version", str(exc), field="version") from exc
+        changed = await runtime.reload()
+        return ReloadResult(
+            model_version=runtime.service.version, changed=changed, error=runtime.last_reload_error
+        )
+
+    return router
+
+
+def _token_route(runtime: ServingRuntime) -> APIRouter:
+    router = APIRouter(prefix="/v1")
+
+    @router.post(
+        "/oauth/token", response_model=TokenResponse, responses={401: {"model": ErrorBody}}
+    )
+    async def token(
+        request: Request,
+        grant_type: Annotated[str, Form(max_length=64)],
+        client_id: Annotated[str | None, Form(max_length=128)] = None,
+        client_secret: Annotated[str | None, Form(max_length=512)] = None,
+        username: Annotated[str | None, Form(max_length=128)] = None,
+        password: Annotated[str | None, Form(max_length=512)] = None,
+        scope: Annotated[str | None, Form(max_length=256)] = None,
+    ) -> TokenResponse:
+        """OAuth2 token endpoint: ``client_credentials`` and ``password`` grants."""
+        authenticator = runtime.authenticator
+        if authenticator is None:
+            raise ApiError(404, "auth_disabled", "auth is switched off", field="grant_type")
+        basic = _basic_credentials(request.headers.get("authorization"))
+        if basic is not None:  # RFC 6749 2.3.1: clients may authenticate with HTTP Basic
+            client_id, client_secret = basic
+        # Guessing secrets costs a rate-limit slot per name, like any other request.
+        await _admit(runtime, f"token:{client_id or username or '-'}", None)
+        # argon2 is deliberately slow: verify off the event loop.
+        return await asyncio.to_thread(
+            authenticator.issue,
+            grant_type,
+            client_id=client_id,
+            client_secret=client_secret,
+            username=username,
+            password=password,
+            scope=scope,
+        )
+
+    return router
+
+
+def _basic_credentials(header: str | None) -> tuple[str, str] | None:
+    """``(client_id, secret)`` of an HTTP Basic header, or ``None``."""
+    scheme, _, encoded = (header or "").partition(" ")
+    if scheme.lower() != "basic" or not encoded:
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(
+            401, "invalid_client", "malformed Basic credentials", field="authorization"
+        ) from None
+    client_id, sep, secret = decoded.partition(":")
+    if not sep:
+        raise ApiError(401, "invalid_client", "malformed Basic credentials", field="authorization")
+    return unquote(client_id), unquote(secret)
+
+
+def _probe_routes(runtime: ServingRuntime, prefix: str) -> APIRouter:
+    router = APIRouter(prefix=prefix, include_in_schema=prefix == "")
 
     @router.get("/healthz")
     async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "model_version": service.version}
+        """Liveness: the process answers and holds a model."""
+        return {"status": "ok", "model_version": runtime.service.version}
 
-    app = FastAPI(title="Churn prediction API", version="1", docs_url="/docs")
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.include_router(router, prefix="/v1")
-    # The unversioned paths are kept for the first clients; new clients use /v1.
-    app.include_router(router, include_in_schema=False)
+    @router.get("/readyz")
+    async def readyz() -> Response:
+        """Readiness with each dependency's state; ``degraded`` still takes traffic."""
+        ready, details = await runtime.readiness()
+        return OrjsonResponse(details, status_code=200 if ready else 503)
+
+    @router.get("/metrics", response_class=Response)
+    async def metrics() -> Response:
+        """Prometheus text exposition of this replica's metrics."""
+        return Response(runtime.metrics.exposition(), media_type="text/plain; version=0.0.4")
+
+    return router
+
+
+def create_api(runtime: ServingRuntime, manage_lifecycle: bool = True) -> FastAPI:
+    """Build the app around ``runtime`` (its request models follow the serving contract)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if manage_lifecycle:
+            await runtime.start()
+        try:
+            yield
+        finally:
+            if manage_lifecycle:
+                await runtime.stop()
+
+    app = FastAPI(
+        title="Churn prediction API",
+        version="1",
+        docs_url="/docs",
+        lifespan=lifespan,
+        max_body_size=runtime.settings.max_body_bytes,
+        default_response_class=OrjsonResponse,
+    )
+    app.state.runtime = runtime
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(ApiError, _on_api_error)
+    app.add_exception_handler(AuthError, _on_auth_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(OnlineStoreUnavailable, _on_store_unavailable)
+    for prefix in ("/v1", ""):
+        app.include_router(_probe_routes(runtime, prefix))
+    app.include_router(_token_route(runtime))
+    app.include_router(_business_routes(runtime))
+    app.include_router(_admin_routes(runtime))
+    if runtime.settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=runtime.settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=600,
+        )
+    app.add_middleware(RequestMetrics, runtime=runtime)
     return app

@@ -1,7 +1,9 @@
-"""The Ray Serve application: one deployment holding the model, FastAPI built per replica.
+"""The Ray Serve application: one deployment holding the model and the whole HTTP API.
 
-The model loader is injected through ``bind`` (tests bind another loader); the FastAPI app is
-built after the model is loaded because its request model follows the loaded model's contract.
+One deployment, not an ingress in front of a model deployment: on this hardware every hop
+between deployments cost more than the model call itself (see the README's serving figures).
+The model source is injected through ``bind`` (tests bind another); the FastAPI app is built
+after the model is loaded because its request model follows the loaded model's contract.
 """
 
 from __future__ import annotations
@@ -16,21 +18,27 @@ from ray.serve import Application
 
 from churn_core.settings import ServeSettings, load_settings
 from serve_apps.api import create_api
-from serve_apps.service import ModelLoader, PredictionService, RegistryLoader
+from serve_apps.runtime import build_runtime
+from serve_apps.service import ModelSource, RegistryLoader
 
 
 @serve.deployment
 @serve.ingress()
 class ChurnAPI:
-    """A replica serving the model its loader returns."""
+    """A replica serving the version its model source names, and following it when it moves."""
 
-    def __init__(self, loader: ModelLoader, settings: ServeSettings) -> None:
-        model, meta = loader()
-        self.service = PredictionService(model=model, meta=meta, settings=settings)
+    def __init__(self, source: ModelSource, settings: ServeSettings, project_root: str) -> None:
+        root = Path(project_root)
+        self.runtime = build_runtime(settings, source, lambda p: p if p.is_absolute() else root / p)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Ray Serve calls this after ``__init__`` to get the replica's ASGI app."""
-        return create_api(self.service)
+        return create_api(self.runtime)
+
+    async def check_health(self) -> None:
+        """Serve's health check: a replica without a model is replaced."""
+        if self.runtime.service.model is None:  # pragma: no cover - defensive
+            raise RuntimeError("no model loaded")
 
 
 class AppArgs(BaseModel):
@@ -51,10 +59,14 @@ def build_app(args: dict[str, Any]) -> Application:
     registry = settings.registry
     if parsed.registry_root:
         registry = registry.model_copy(update={"root": Path(parsed.registry_root)})
-    loader = RegistryLoader(
+    serve_settings = settings.serve
+    if parsed.alias:
+        serve_settings = serve_settings.model_copy(update={"alias": parsed.alias})
+    root = str(settings.resolve(Path(".")))
+    source = RegistryLoader(
         registry=registry,
-        project_root=str(settings.resolve(Path("."))),
+        project_root=root,
         model_name=parsed.model_name or settings.model_name,
-        alias=parsed.alias or settings.serve.alias,
+        alias=serve_settings.alias,
     )
-    return ChurnAPI.bind(loader, settings.serve)  # type: ignore[attr-defined, no-any-return]
+    return ChurnAPI.bind(source, serve_settings, root)  # type: ignore[attr-defined, no-any-return]

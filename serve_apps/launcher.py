@@ -6,12 +6,15 @@ settings only fill in where to listen and where the registry is.
 
 from __future__ import annotations
 
+import hashlib
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-from churn_core.settings import Settings
+from churn_core.settings import ServeSettings, Settings
 
 
 class ServeStartError(RuntimeError):
@@ -19,9 +22,16 @@ class ServeStartError(RuntimeError):
 
 
 def load_serve_config(
-    settings: Settings, overrides: dict[str, Any] | None = None
+    settings: Settings,
+    overrides: dict[str, Any] | None = None,
+    environment: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The Serve config of ``settings`` with host, port and app args filled from settings."""
+    """The Serve config of ``settings`` with host, port and app args filled from settings.
+
+    ``environment`` (``CHURN_*`` variables) reaches the replicas through each application's
+    runtime_env: how a caller hands them settings it changed in code (secrets included, so
+    production sets them in the pods' environment instead).
+    """
     path = settings.resolve(settings.serve.config_path)
     if not path.exists():
         raise FileNotFoundError(f"Serve config not found: {path}")
@@ -35,16 +45,25 @@ def load_serve_config(
             alias=settings.serve.alias,
             **(overrides or {}),
         )
+        if environment:
+            runtime_env = app.setdefault("runtime_env", {})
+            # Variables the config file sets for one application win over the common ones.
+            runtime_env["env_vars"] = {**environment, **runtime_env.get("env_vars", {})}
     return config
 
 
-def deploy(settings: Settings, timeout_s: float = 180.0) -> str:
+def deploy(
+    settings: Settings,
+    timeout_s: float = 180.0,
+    environment: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> str:
     """Deploy every application of the config and wait until all run; return the base URL."""
     from ray.serve import status
     from ray.serve._private import api as serve_api
     from ray.serve.schema import ServeDeploySchema
 
-    config = ServeDeploySchema.model_validate(load_serve_config(settings))
+    config = ServeDeploySchema.model_validate(load_serve_config(settings, overrides, environment))
     client = serve_api.serve_start(
         http_options=config.http_options.model_dump(), proxy_location=config.proxy_location
     )
@@ -65,3 +84,29 @@ def deploy(settings: Settings, timeout_s: float = 180.0) -> str:
             raise ServeStartError(f"Serve apps not running after {timeout_s:.0f} s: {states}")
         time.sleep(0.5)
     return f"http://{settings.serve.host}:{settings.serve.port}"
+
+
+def serve_environment(settings: ServeSettings, workdir: Path) -> dict[str, str]:
+    """Environment of the Ray processes for the configured ingress (set before Ray starts).
+
+    HAProxy mode turns on direct ingress (each replica runs its own HTTP server) with HAProxy
+    in front on the Serve port; its files go in a folder of ``workdir``'s own so two clusters
+    on one host do not share them.
+    """
+    if settings.ingress != "haproxy":
+        return {}
+    # HAProxy refuses admin socket paths over 97 bytes and Ray nests a 56-character folder
+    # under this one: keep it short, but still one per workdir.
+    digest = hashlib.blake2b(str(workdir.resolve()).encode(), digest_size=4).hexdigest()
+    haproxy = Path(tempfile.gettempdir()) / f"chp-{digest}"
+    haproxy.mkdir(parents=True, exist_ok=True)
+    return {
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(haproxy / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(haproxy / "admin.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(haproxy),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(haproxy / "server-state"),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(settings.haproxy_stats_port),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(settings.haproxy_metrics_port),
+    }

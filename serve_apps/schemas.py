@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from churn_core.contract import FeatureContract, FeatureSpec
+
+# Customer ids are opaque keys: a tight pattern keeps them out of injection and log trouble.
+CUSTOMER_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 
 
 def _field_definition(spec: FeatureSpec) -> tuple[Any, Any]:
@@ -20,6 +23,7 @@ def _field_definition(spec: FeatureSpec) -> tuple[Any, Any]:
         annotation = float
         if spec.range:
             constraints.update(ge=spec.range[0], le=spec.range[1])
+        constraints.update(allow_inf_nan=False)
     if spec.missing == "reject":
         return annotation, Field(..., **constraints)
     # Optional: missing values are imputed or left to the model's learned default branch.
@@ -34,6 +38,36 @@ def features_model(contract: FeatureContract) -> type[BaseModel]:
         __config__=ConfigDict(extra="forbid"),
         **fields,
     )
+
+
+class _PredictBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="after")
+    def _features_or_id(self) -> _PredictBase:
+        if getattr(self, "features", None) is None and getattr(self, "customer_id", None) is None:
+            raise ValueError("give features, or a customer_id to look them up")
+        return self
+
+
+def request_models(contract: FeatureContract) -> tuple[type[BaseModel], type[BaseModel]]:
+    """The ``/predict`` and ``/batch_predict`` request models of ``contract``."""
+    features = features_model(contract)
+    single = create_model(
+        "PredictRequest",
+        __base__=_PredictBase,
+        customer_id=(
+            str | None,
+            Field(None, pattern=CUSTOMER_ID_PATTERN, description="Look features up if absent."),
+        ),
+        features=(features | None, Field(None)),  # type: ignore[arg-type]
+    )
+    batch = create_model(
+        "BatchPredictRequest",
+        __config__=ConfigDict(extra="forbid"),
+        records=(list[single], Field(..., min_length=1)),
+    )
+    return single, batch
 
 
 class Reason(BaseModel):
@@ -52,6 +86,7 @@ class Prediction(BaseModel):
     threshold: float
     model_version: int
     reasons: list[Reason]
+    features_from: Literal["request", "redis", "postgres"]
 
 
 class BatchPrediction(BaseModel):
@@ -67,17 +102,35 @@ class ModelMetrics(BaseModel):
     model_name: str
     model_version: int
     alias: str
+    threshold: float
     metrics: dict[str, float]
     lineage: dict[str, Any]
     served: dict[str, int]
 
 
 class FeatureImportance(BaseModel):
-    """Global feature importance of the serving model version."""
+    """Global feature importance of one model version."""
 
     model_version: int
     importance_type: str
     importance: dict[str, float]
+
+
+class PromoteRequest(BaseModel):
+    """Move the serving alias to a version (through the promotion gates)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1)
+    reason: str = Field("", max_length=500)
+
+
+class ReloadResult(BaseModel):
+    """What a reload did on the replica that answered."""
+
+    model_version: int
+    changed: bool
+    error: str | None = None
 
 
 class ErrorDetail(BaseModel):
@@ -88,7 +141,7 @@ class ErrorDetail(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    """Machine-readable error body of every 4xx answer."""
+    """Machine-readable error body of every 4xx/5xx answer."""
 
     error: str
     detail: list[ErrorDetail] = Field(default_factory=list)

@@ -1,93 +1,129 @@
-"""The prediction service: one loaded model version, shared by every route of a replica."""
+"""The model side of serving: where versions come from, and scoring with one loaded version."""
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from churn_core.model import ChurnModel
-from churn_core.registry import ModelVersion, open_registry
-from churn_core.settings import RegistrySettings, ServeSettings
-from serve_apps.schemas import FeatureImportance, ModelMetrics, Prediction, Reason
-
-ModelLoader = Callable[[], tuple[ChurnModel, ModelVersion]]
+from churn_core.registry import ModelVersion, PromotionResult, Registry, open_registry
+from churn_core.settings import RegistrySettings
 
 
-@dataclass(frozen=True)
+class ModelSource(Protocol):
+    """Where a replica gets its model (injected through ``bind``; tests pass their own)."""
+
+    def current_version(self) -> int:
+        """The version the serving alias points to now (cheap: polled by every replica)."""
+        ...
+
+    def load(self, version: int | None = None) -> tuple[ChurnModel, ModelVersion]:
+        """A model and its metadata: ``version``, or the alias's version when ``None``."""
+        ...
+
+    def metadata(self, version: int) -> ModelVersion:
+        """Metadata of a registered version (no artifact is loaded)."""
+        ...
+
+    def promote(self, version: int, actor: str, reason: str) -> PromotionResult:
+        """Move the serving alias to ``version`` through the promotion gates."""
+        ...
+
+
+@dataclass
 class RegistryLoader:
-    """Loads the version an alias points to (injected into the deployment, swappable in tests)."""
+    """Loads the version an alias points to from the model registry."""
 
     registry: RegistrySettings
     project_root: str
     model_name: str
     alias: str
+    _open: Registry | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The open registry (a MongoDB client, perhaps) stays behind when Ray ships the loader.
+        return {**self.__dict__, "_open": None}
 
     def _resolve(self, path: Path) -> Path:
         return path if path.is_absolute() else Path(self.project_root) / path
 
-    def __call__(self) -> tuple[ChurnModel, ModelVersion]:
-        """Load the model and its metadata."""
-        with open_registry(self.registry, self._resolve) as registry:
-            meta = registry.resolve(self.model_name, self.alias)
-            return registry.load_model(self.model_name, meta.version), meta
+    def _registry(self) -> Registry:
+        if self._open is None:
+            self._open = open_registry(self.registry, self._resolve)
+        return self._open
+
+    def current_version(self) -> int:
+        """The version the alias points to."""
+        return self._registry().resolve(self.model_name, self.alias).version
+
+    def load(self, version: int | None = None) -> tuple[ChurnModel, ModelVersion]:
+        """The model and metadata of ``version`` (default: the alias's version)."""
+        registry = self._registry()
+        meta = registry.resolve(self.model_name, self.alias if version is None else version)
+        return registry.load_model(self.model_name, meta.version), meta
+
+    def metadata(self, version: int) -> ModelVersion:
+        """Metadata of ``version``."""
+        return self._registry().resolve(self.model_name, version)
+
+    def promote(self, version: int, actor: str, reason: str) -> PromotionResult:
+        """Move the alias to ``version`` if it passes the configured gates."""
+        return self._registry().promote(
+            self.model_name, version, self.alias, reason=reason, actor=actor
+        )
 
 
-@dataclass
+@dataclass(frozen=True)
 class PredictionService:
-    """Scores records with one model version and keeps live counters."""
+    """Scores records with one model version (immutable: a reload builds a new one)."""
 
     model: ChurnModel
     meta: ModelVersion
-    settings: ServeSettings
-    counters: Counter[str] = field(default_factory=Counter)
+    default_threshold: float
+    top_reasons: int
 
     @property
     def version(self) -> int:
-        """The serving model version."""
+        """The model version."""
         return self.meta.version
 
-    def predict(
-        self, records: Sequence[Mapping[str, Any]], customer_ids: Sequence[str | None]
-    ) -> list[Prediction]:
-        """Probabilities, labels at the threshold and top reasons for ``records``."""
+    @property
+    def threshold(self) -> float:
+        """The version's own decision threshold (chosen on validation when it was trained)."""
+        value = self.meta.params.get("threshold")
+        return float(value) if isinstance(value, int | float) else self.default_threshold
+
+    def score(self, records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Probability and top SHAP reasons of each record (the cacheable part of an answer)."""
         matrix = self.model.encoder.encode_records(records)
         probabilities = self.model.predict_matrix(matrix)
-        reasons = self.model.explain_matrix(matrix, self.settings.top_reasons)
-        threshold = self.settings.threshold
-        predictions = [
-            Prediction(
-                customer_id=customer_id,
-                probability=float(probability),
-                churn=bool(probability >= threshold),
-                threshold=threshold,
-                model_version=self.version,
-                reasons=[Reason(feature=r.feature, contribution=r.contribution) for r in row],
-            )
-            for customer_id, probability, row in zip(
-                customer_ids, probabilities, reasons, strict=True
-            )
+        reasons = self.model.explain_matrix(matrix, self.top_reasons)
+        return [
+            {
+                "probability": float(p),
+                "reasons": [{"feature": r.feature, "contribution": r.contribution} for r in row],
+            }
+            for p, row in zip(probabilities, reasons, strict=True)
         ]
-        self.counters["predictions"] += len(predictions)
-        self.counters["predicted_churn"] += sum(p.churn for p in predictions)
-        return predictions
 
-    def model_metrics(self) -> ModelMetrics:
-        """Evaluation metrics of the serving version plus live counters."""
-        return ModelMetrics(
-            model_name=self.meta.name,
-            model_version=self.version,
-            alias=self.settings.alias,
-            metrics=self.meta.metrics,
-            lineage=self.meta.lineage,
-            served=dict(self.counters),
-        )
+    def answer(
+        self, scored: Mapping[str, Any], customer_id: str | None, features_from: str
+    ) -> dict[str, Any]:
+        """A full prediction: the scored part plus label, threshold and version."""
+        probability = float(scored["probability"])
+        return {
+            "customer_id": customer_id,
+            "probability": probability,
+            "churn": probability >= self.threshold,
+            "threshold": self.threshold,
+            "model_version": self.version,
+            "reasons": scored["reasons"],
+            "features_from": features_from,
+        }
 
-    def feature_importance(self) -> FeatureImportance:
+    def feature_importance(self) -> dict[str, float]:
         """Global gain importance recorded with the version, largest first."""
         ranked = sorted(self.meta.feature_importance.items(), key=lambda kv: -kv[1])
-        return FeatureImportance(
-            model_version=self.version, importance_type="gain", importance=dict(ranked)
-        )
+        return dict(ranked)

@@ -20,6 +20,7 @@ pytest_plugins = (
     "tests.fixtures.postgres",
     "tests.fixtures.jvm_spark",
     "tests.fixtures.mongo",
+    "tests.fixtures.redis",
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +44,12 @@ def make_settings(base: Path, **updates: object) -> Settings:
             "lake_dir": base / "lake",
             "registry": settings.registry.model_copy(update={"root": base / "registry"}),
             "training": settings.training.model_copy(update={"storage_path": base / "ray_results"}),
-            "serve": settings.serve.model_copy(update={"port": free_port()}),
+            "serve": settings.serve.model_copy(
+                update={
+                    "port": free_port(),
+                    "auth": settings.serve.auth.model_copy(update={"keys_dir": base / "keys"}),
+                }
+            ),
         }
     )
     return settings.model_copy(update=updates) if updates else settings
@@ -70,12 +76,15 @@ def spark() -> Iterator[object]:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[None]:
-    """One local Ray cluster (2 CPUs, loopback) for the whole test run."""
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One local Ray cluster (2 CPUs, loopback) for the whole test run, Serve behind HAProxy."""
     from churn_core.ray_runtime import ray_session
-    from churn_core.settings import RaySettings
+    from churn_core.settings import RaySettings, ServeSettings
+    from serve_apps.launcher import serve_environment
 
-    with ray_session(RaySettings(num_cpus=2)):
+    serve = ServeSettings(haproxy_stats_port=free_port(), haproxy_metrics_port=free_port())
+    environment = serve_environment(serve, tmp_path_factory.mktemp("ray-serve"))
+    with ray_session(RaySettings(num_cpus=2), environment):
         yield
 
 

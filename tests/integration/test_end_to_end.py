@@ -6,13 +6,9 @@ Expected values are recomputed here from the raw files with pandas, independentl
 from __future__ import annotations
 
 import json
-import shlex
-import subprocess
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -138,73 +134,6 @@ def test_model_is_registered_as_champion_with_real_skill(saas_run: PipelineRun) 
     assert champion.lineage["rows"]["test"] == int(
         (pd.to_datetime(gold["snapshot_date"]) == last).sum()
     )
-
-
-@pytest.fixture(scope="module")
-def served(saas_run: PipelineRun) -> Iterator[str]:
-    from ray import serve
-
-    from serve_apps.launcher import deploy
-
-    url = deploy(saas_run.settings)
-    yield url
-    serve.shutdown()
-
-
-def test_printed_curl_commands_answer(saas_run: PipelineRun, served: str) -> None:
-    from churn.cli import curl_examples
-
-    commands = curl_examples(served, saas_run.settings)
-    answers = [
-        json.loads(
-            subprocess.run(shlex.split(c), capture_output=True, check=True, timeout=30).stdout
-        )
-        for c in commands
-    ]
-    predict, batch, metrics, importance = answers
-    assert 0.0 <= predict["probability"] <= 1.0
-    assert predict["model_version"] == 1
-    assert len(predict["reasons"]) == saas_run.settings.serve.top_reasons
-    assert [p["probability"] for p in batch["predictions"]] == [predict["probability"]] * 2
-    assert metrics["model_version"] == 1 and metrics["metrics"]["roc_auc"] > 0.7
-    assert set(importance["importance"]) == set(saas_run.contract.feature_names)
-
-
-def test_served_probability_equals_offline_model(saas_run: PipelineRun, served: str) -> None:
-    gold = delta_frame(saas_run.tables.gold_features).head(20)
-    model = saas_run.registry.load_model(saas_run.settings.model_name, "champion")
-    offline = model.predict_frame(gold)
-    records = []
-    for _, row in gold.iterrows():
-        features = {
-            n: (None if pd.isna(row[n]) else row[n]) for n in saas_run.contract.feature_names
-        }
-        records.append({"customer_id": row["customer_id"], "features": features})
-    response = httpx.post(f"{served}/v1/batch_predict", json={"records": records}, timeout=30)
-    assert response.status_code == 200
-    online = [p["probability"] for p in response.json()["predictions"]]
-    np.testing.assert_allclose(online, offline, rtol=1e-6)
-
-
-def test_malformed_predict_gets_422_naming_the_field(saas_run: PipelineRun, served: str) -> None:
-    response = httpx.post(
-        f"{served}/v1/predict",
-        json={"features": {"tenure_days": "soon", "contract_type": "weekly"}},
-        timeout=30,
-    )
-    assert response.status_code == 422
-    fields = {d["field"] for d in response.json()["detail"]}
-    assert {"features.tenure_days", "features.contract_type", "features.plan"} <= fields
-
-
-def test_oversized_batch_gets_413_naming_the_limit(saas_run: PipelineRun, served: str) -> None:
-    gold = delta_frame(saas_run.tables.gold_features).head(1)
-    features = json.loads(gold[saas_run.contract.feature_names].to_json(orient="records"))[0]
-    limit = saas_run.settings.serve.max_batch_records
-    body = {"records": [{"features": features}] * (limit + 1)}
-    response = httpx.post(f"{served}/v1/batch_predict", json=body, timeout=60)
-    assert response.status_code == 413
-    assert str(limit) in response.json()["detail"][0]["message"]
 
 
 def test_training_gives_back_the_interrupt_handler(saas_run: PipelineRun) -> None:

@@ -1,0 +1,221 @@
+"""Everything one replica holds: the serving model, cache, limits, auth, online store, metrics.
+
+The same runtime runs inside a Ray Serve replica and inside plain uvicorn (the benchmark's
+baseline and the unit tests), so both serve exactly the same code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from churn_core.contract import FeatureContract
+from churn_core.settings import ServeSettings
+from serve_apps.auth import Authenticator
+from serve_apps.cache import PredictionCache
+from serve_apps.limits import RateLimiter
+from serve_apps.metrics import ServeMetrics
+from serve_apps.online_store import OnlineFeatureStore, OnlineLookup
+from serve_apps.redis_link import RedisLink
+from serve_apps.service import ModelSource, PredictionService
+
+log = structlog.get_logger(__name__)
+
+# Batches at least this large are scored off the event loop, so small requests keep flowing.
+THREAD_BATCH_ROWS = 64
+
+
+class IncompatibleModel(RuntimeError):
+    """A new version whose features differ from the API's request schema (needs a redeploy)."""
+
+
+@dataclass
+class ServingRuntime:
+    """A replica's state; ``service`` is swapped whole when the serving alias moves."""
+
+    settings: ServeSettings
+    source: ModelSource
+    service: PredictionService
+    link: RedisLink
+    cache: PredictionCache
+    limiter: RateLimiter
+    metrics: ServeMetrics
+    authenticator: Authenticator | None = None
+    online_store: OnlineFeatureStore | None = None
+    served: Counter[str] = field(default_factory=Counter)
+    last_reload_error: str | None = None
+    _reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _watcher: asyncio.Task[None] | None = None
+
+    @property
+    def contract(self) -> FeatureContract:
+        """The feature contract of the API's request schema (fixed for the app's life)."""
+        return self.service.model.contract
+
+    async def start(self) -> None:
+        """Open connections and start watching the serving alias."""
+        self.metrics.model_version.set(self.service.version)
+        if self.online_store is not None:
+            await self.online_store.start()
+        if self.settings.reload_interval_s > 0 and self._watcher is None:
+            self._watcher = asyncio.create_task(self._watch())
+
+    async def stop(self) -> None:
+        """Stop the watcher and close connections."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+        if self.online_store is not None:
+            await self.online_store.close()
+        await self.link.close()
+
+    async def reload(self) -> bool:
+        """Swap in the alias's version if it moved; True when the model changed.
+
+        The new model is loaded off the event loop and swapped in one assignment: requests
+        already running finish on the old version, the next ones use the new one, none fail.
+        """
+        async with self._reload_lock:
+            try:
+                version = await asyncio.to_thread(self.source.current_version)
+                if version == self.service.version:
+                    return False
+                model, meta = await asyncio.to_thread(self.source.load, version)
+                if model.contract.feature_names != self.contract.feature_names:
+                    raise IncompatibleModel(
+                        f"version {version} has features {model.contract.feature_names}; this "
+                        "deployment's API was built for another list: redeploy the application"
+                    )
+            except Exception as exc:
+                self.last_reload_error = " ".join(str(exc).split())[:300]
+                outcome = "incompatible" if isinstance(exc, IncompatibleModel) else "failed"
+                self.metrics.reloads.labels(outcome).inc()
+                log.error("model_reload_failed", error=self.last_reload_error)
+                return False
+            previous = self.service.version
+            self.service = PredictionService(
+                model, meta, self.settings.threshold, self.settings.top_reasons
+            )
+            self.last_reload_error = None
+            self.metrics.reloads.labels("switched").inc()
+            self.metrics.model_version.set(meta.version)
+            log.info("model_reloaded", previous=previous, version=meta.version)
+            return True
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reload_interval_s)
+            await self.reload()
+
+    async def lookup_features(self, customer_id: str) -> OnlineLookup | None:
+        """The customer's latest features from the online store (``None``: unknown customer)."""
+        if self.online_store is None:
+            return None
+        found = await self.online_store.get(customer_id)
+        self.metrics.online_lookups.labels(found.source if found else "missing").inc()
+        return found
+
+    async def predict(
+        self, features: Mapping[str, Any], customer_id: str | None, features_from: str
+    ) -> dict[str, Any]:
+        """One prediction, answered from the cache when the same features were scored before."""
+        service = self.service  # one version for the whole request, even if a reload lands
+        key = self.cache.key(service.version, features)
+        scored = await self.cache.get(key)
+        self.metrics.cache.labels("hit" if scored is not None else "miss").inc()
+        if scored is None:
+            scored = service.score([features])[0]
+            await self.cache.put(key, scored)
+        self.metrics.redis_up.set(1 if self.link.up else 0)
+        answer = service.answer(scored, customer_id, features_from)
+        self._count([answer])
+        return answer
+
+    async def predict_batch(
+        self,
+        records: Sequence[Mapping[str, Any]],
+        customer_ids: Sequence[str | None],
+        features_from: Sequence[str],
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """Predictions for many records with one model call (not cached: each is one row)."""
+        service = self.service
+        if len(records) >= THREAD_BATCH_ROWS:
+            scored = await asyncio.to_thread(service.score, records)
+        else:
+            scored = service.score(records)
+        answers = [
+            service.answer(s, c, f)
+            for s, c, f in zip(scored, customer_ids, features_from, strict=True)
+        ]
+        self._count(answers)
+        return service.version, answers
+
+    def _count(self, answers: Sequence[Mapping[str, Any]]) -> None:
+        churned = sum(1 for a in answers if a["churn"])
+        self.served["predictions"] += len(answers)
+        self.served["predicted_churn"] += churned
+        if churned:
+            self.metrics.predictions.labels("churn").inc(churned)
+        if len(answers) > churned:
+            self.metrics.predictions.labels("stay").inc(len(answers) - churned)
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Whether the replica can answer, and the state of each dependency."""
+        if self.link.configured:
+            await self.link.ping()
+        self.metrics.redis_up.set(1 if self.link.up else 0)
+        checks: dict[str, Any] = {
+            "model": "ok",
+            "redis": self.link.status(),
+            "online_store": self.online_store.status() if self.online_store else "not configured",
+            "last_reload_error": self.last_reload_error,
+        }
+        degraded = self.link.configured and not self.link.up
+        status = "degraded" if degraded else "ready"
+        return True, {"status": status, "model_version": self.service.version, "checks": checks}
+
+
+def build_runtime(
+    settings: ServeSettings,
+    source: ModelSource,
+    resolve: Callable[[Path], Path],
+    contract_name: str | None = None,
+) -> ServingRuntime:
+    """Load the serving version and wire the runtime from settings (nothing starts yet)."""
+    model, meta = source.load()
+    service = PredictionService(model, meta, settings.threshold, settings.top_reasons)
+    link = RedisLink(
+        settings.redis_url.get_secret_value() if settings.redis_url else None,
+        settings.redis_timeout_s,
+    )
+    store_settings = settings.online_store
+    online_store = None
+    if store_settings.redis_url or store_settings.postgres_url:
+        online_store = OnlineFeatureStore(
+            store_settings,
+            contract_name or model.contract.name,
+            timeout_s=settings.redis_timeout_s,
+            postgres_timeout_s=store_settings.postgres_timeout_s,
+        )
+    return ServingRuntime(
+        settings=settings,
+        source=source,
+        service=service,
+        link=link,
+        cache=PredictionCache(link, meta.name, settings.cache_ttl_s),
+        limiter=RateLimiter(link, settings.rate_limit.window_s, settings.rate_limit.requests),
+        metrics=ServeMetrics(),
+        authenticator=(
+            Authenticator.from_settings(settings.auth, resolve) if settings.auth.enabled else None
+        ),
+        online_store=online_store,
+    )
