@@ -1,6 +1,6 @@
 """The prediction cache: model version + canonical feature hash -> score and reasons.
 
-The version is part of the key, so a new model version can never answer from an old one's
+The version (and artifact checksum) is part of the key, so a new model version can never answer from an old one's
 entries; entries also expire after ``cache_ttl_s``. Without Redis (not configured or down) the
 replica's own memory holds the cache.
 """
@@ -39,9 +39,13 @@ class PredictionCache:
         """A TTL of 0 turns caching off."""
         return self._ttl_s > 0
 
-    def key(self, version: int, features: Mapping[str, Any]) -> str:
-        """The cache key of ``features`` scored by model ``version``."""
-        return f"{self._prefix}:v{version}:{feature_hash(features)}"
+    def key(self, version: int, artifact_sha256: str, features: Mapping[str, Any]) -> str:
+        """The cache key of ``features`` scored by model ``version``.
+
+        The artifact's checksum is in the key too: two registries sharing one Redis (a laptop
+        and a benchmark, staging and production) both have a "version 1".
+        """
+        return f"{self._prefix}:v{version}:{artifact_sha256[:12]}:{feature_hash(features)}"
 
     async def get(self, key: str) -> dict[str, Any] | None:
         """The cached entry, or ``None``."""

@@ -129,7 +129,7 @@ class ServingRuntime:
     ) -> dict[str, Any]:
         """One prediction, answered from the cache when the same features were scored before."""
         service = self.service  # one version for the whole request, even if a reload lands
-        key = self.cache.key(service.version, features)
+        key = self.cache.key(service.version, service.meta.artifact_sha256, features)
         scored = await self.cache.get(key)
         self.metrics.cache.labels("hit" if scored is not None else "miss").inc()
         if scored is None:
