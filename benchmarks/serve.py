@@ -11,7 +11,8 @@ sample business is generated and trained first, in a temporary folder. Scenarios
 * ``/v1/predict`` at 16 and 64 connections: throughput and p99 (every body differs, so these
   are cache misses);
 * the cache-hit path: one body, 16 connections;
-* ``/v1/batch_predict`` of 1,000 records, one connection: latency and rows/s.
+* ``/v1/batch_predict`` of 1,000 records, one connection, with exact, approximate or no SHAP
+  reasons: latency and rows/s.
 """
 
 from __future__ import annotations
@@ -171,10 +172,14 @@ def write_scripts(folder: Path, example: dict[str, Any], bearer: str) -> dict[st
         "hit": headers
         + 'wrk.method = "POST"\nwrk.path = "/v1/predict"\n'
         + f"wrk.body = {json.dumps(json.dumps(example))}\n",
-        "batch": headers
-        + 'wrk.method = "POST"\nwrk.path = "/v1/batch_predict"\n'
-        + f"wrk.body = {json.dumps(json.dumps({'records': [example] * 1000}))}\n",
     }
+    for reasons in ("exact", "approximate", "none"):
+        batch = json.dumps({"records": [example] * 1000, "reasons": reasons})
+        scripts[f"batch-{reasons}"] = (
+            headers
+            + 'wrk.method = "POST"\nwrk.path = "/v1/batch_predict"\n'
+            + f"wrk.body = {json.dumps(batch)}\n"
+        )
     paths = {}
     for name, body in scripts.items():
         paths[name] = folder / f"{name}.lua"
@@ -237,7 +242,9 @@ def main() -> None:
                 ("predict, 16 connections", "miss", 16),
                 ("predict, 64 connections", "miss", 64),
                 ("predict, cache hit, 16 connections", "hit", 16),
-                ("batch_predict 1,000 rows, sequential", "batch", 1),
+                ("batch_predict 1,000 rows, exact SHAP", "batch-exact", 1),
+                ("batch_predict 1,000 rows, approx. SHAP", "batch-approximate", 1),
+                ("batch_predict 1,000 rows, no reasons", "batch-none", 1),
             ]
             for url in targets.values():  # warm-up: imports, connections, caches
                 run_wrk(url, scripts["miss"], 16, 3)
@@ -247,7 +254,9 @@ def main() -> None:
                     name: run_wrk(url, scripts[script], connections, args.seconds)
                     for name, url in targets.items()
                 }
-                print_row(title, results["serve"], results["uvicorn"], batch=script == "batch")
+                print_row(
+                    title, results["serve"], results["uvicorn"], batch=script.startswith("batch")
+                )
         finally:
             baseline.send_signal(signal.SIGINT)
             baseline.wait(timeout=30)

@@ -259,7 +259,10 @@ def _business_routes(runtime: ServingRuntime) -> APIRouter:
             )
         )
         version, answers = await runtime.predict_batch(
-            [f for f, _ in looked_up], [r.customer_id for r in records], [s for _, s in looked_up]
+            [f for f, _ in looked_up],
+            [r.customer_id for r in records],
+            [s for _, s in looked_up],
+            body.reasons,  # type: ignore[attr-defined]
         )
         return OrjsonResponse({"model_version": version, "predictions": answers})
 

@@ -24,7 +24,7 @@ from serve_apps.limits import RateLimiter
 from serve_apps.metrics import ServeMetrics
 from serve_apps.online_store import OnlineFeatureStore, OnlineLookup
 from serve_apps.redis_link import RedisLink
-from serve_apps.service import ModelSource, PredictionService
+from serve_apps.service import ModelSource, PredictionService, ReasonsMode
 
 log = structlog.get_logger(__name__)
 
@@ -145,13 +145,14 @@ class ServingRuntime:
         records: Sequence[Mapping[str, Any]],
         customer_ids: Sequence[str | None],
         features_from: Sequence[str],
+        reasons: ReasonsMode = "exact",
     ) -> tuple[int, list[dict[str, Any]]]:
         """Predictions for many records with one model call (not cached: each is one row)."""
         service = self.service
         if len(records) >= THREAD_BATCH_ROWS:
-            scored = await asyncio.to_thread(service.score, records)
+            scored = await asyncio.to_thread(service.score, records, reasons)
         else:
-            scored = service.score(records)
+            scored = service.score(records, reasons)
         answers = [
             service.answer(s, c, f)
             for s, c, f in zip(scored, customer_ids, features_from, strict=True)

@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from churn_core.model import ChurnModel
 from churn_core.registry import ModelVersion, PromotionResult, Registry, open_registry
 from churn_core.settings import RegistrySettings
+
+# How a batch explains its predictions: exact TreeSHAP, Saabas approximation, or not at all.
+ReasonsMode = Literal["exact", "approximate", "none"]
 
 
 class ModelSource(Protocol):
@@ -95,11 +98,14 @@ class PredictionService:
         value = self.meta.params.get("threshold")
         return float(value) if isinstance(value, int | float) else self.default_threshold
 
-    def score(self, records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    def score(
+        self, records: Sequence[Mapping[str, Any]], reasons_mode: ReasonsMode = "exact"
+    ) -> list[dict[str, Any]]:
         """Probability and top SHAP reasons of each record (the cacheable part of an answer)."""
         matrix = self.model.encoder.encode_records(records)
         probabilities = self.model.predict_matrix(matrix)
-        reasons = self.model.explain_matrix(matrix, self.top_reasons)
+        top = 0 if reasons_mode == "none" else self.top_reasons
+        reasons = self.model.explain_matrix(matrix, top, approximate=reasons_mode == "approximate")
         return [
             {
                 "probability": float(p),

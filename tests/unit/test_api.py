@@ -380,3 +380,27 @@ def test_admin_routes_are_closed_when_auth_is_off(source: MemorySource, tmp_path
         assert client.post("/v1/predict", json={"features": GOOD}).status_code == 200
         assert client.post("/v1/admin/reload").status_code == 403
         assert client.post("/v1/admin/promote", json={"version": 2}).status_code == 403
+
+
+def test_batch_reasons_can_be_approximate_or_left_out(
+    client: TestClient, predictor: dict[str, str]
+) -> None:
+    records = [{"features": {**GOOD, "usage": float(u)}} for u in (5, 60, 95)]
+    answers = {
+        mode: client.post(
+            "/v1/batch_predict", json={"records": records, "reasons": mode}, headers=predictor
+        ).json()["predictions"]
+        for mode in ("exact", "approximate", "none")
+    }
+    single = [
+        client.post("/v1/predict", json=r, headers=predictor).json()["reasons"] for r in records
+    ]
+    assert [p["reasons"] for p in answers["exact"]] == single  # the batch explains like /predict
+    assert all(len(p["reasons"]) == 2 for p in answers["approximate"])
+    assert all(p["reasons"] == [] for p in answers["none"])
+    probabilities = {m: [p["probability"] for p in a] for m, a in answers.items()}
+    assert probabilities["exact"] == probabilities["approximate"] == probabilities["none"]
+    bad = client.post(
+        "/v1/batch_predict", json={"records": records, "reasons": "vague"}, headers=predictor
+    )
+    assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == "reasons"
