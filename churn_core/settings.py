@@ -284,6 +284,10 @@ class ServeSettings(BaseModel):
     top_reasons: int = Field(3, ge=0)
     # Used only when the model version records no threshold of its own.
     threshold: float = Field(0.5, gt=0, lt=1)
+    # Inside Serve, concurrent /predict cache misses are scored together (@serve.batch): one
+    # model call for up to this many rows, waiting at most batch_wait_s for them (1: off).
+    batch_max_size: int = Field(16, ge=1, le=1_000)
+    batch_wait_s: float = Field(0.001, ge=0, le=1)
     # How often a replica checks whether the alias moved (0: never; admin reload still works).
     reload_interval_s: float = Field(10.0, ge=0)
     # Prediction cache and rate limits; None keeps both in the replica's memory.

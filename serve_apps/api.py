@@ -209,6 +209,36 @@ async def _features_of(
     return found.features, found.source
 
 
+async def _batch_features(
+    runtime: ServingRuntime, principal: Principal, records: list[Any]
+) -> list[tuple[dict[str, Any], str]]:
+    """Every record's features; only the ones given by customer_id cost a (concurrent) lookup.
+
+    A coroutine per record cost ~10 ms on a 1,000-record batch: records that carry their
+    features are handled inline.
+    """
+    found: list[tuple[dict[str, Any], str] | None] = []
+    missing: list[int] = []
+    for index, record in enumerate(records):
+        if record.features is None:
+            found.append(None)
+            missing.append(index)
+            continue
+        if record.customer_id is not None:
+            principal.require_customer(record.customer_id)
+        found.append((record.features.model_dump(), "request"))
+    if missing:
+        lookups = await asyncio.gather(
+            *(
+                _features_of(runtime, principal, records[i], f"records.{i}.customer_id")
+                for i in missing
+            )
+        )
+        for index, result in zip(missing, lookups, strict=True):
+            found[index] = result
+    return [f for f in found if f is not None]
+
+
 def _business_routes(runtime: ServingRuntime) -> APIRouter:
     single, batch = request_models(runtime.contract)
     predictor = Depends(_guard(runtime, "predictor"))
@@ -252,12 +282,7 @@ def _business_routes(runtime: ServingRuntime) -> APIRouter:
                 "score large sets offline with the batch scoring job (churn score)",
                 field="records",
             )
-        looked_up = await asyncio.gather(
-            *(
-                _features_of(runtime, principal, r, f"records.{i}.customer_id")
-                for i, r in enumerate(records)
-            )
-        )
+        looked_up = await _batch_features(runtime, principal, records)
         version, answers = await runtime.predict_batch(
             [f for f, _ in looked_up],
             [r.customer_id for r in records],

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,10 @@ class ServingRuntime:
     metrics: ServeMetrics
     authenticator: Authenticator | None = None
     online_store: OnlineFeatureStore | None = None
+    # Inside Serve: an @serve.batch scorer of (service, features) pairs; None scores each alone.
+    batch_scorer: (
+        Callable[[tuple[PredictionService, Mapping[str, Any]]], Awaitable[dict[str, Any]]] | None
+    ) = None
     served: Counter[str] = field(default_factory=Counter)
     last_reload_error: str | None = None
     _reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -133,7 +137,10 @@ class ServingRuntime:
         scored = await self.cache.get(key)
         self.metrics.cache.labels("hit" if scored is not None else "miss").inc()
         if scored is None:
-            scored = service.score([features])[0]
+            if self.batch_scorer is not None:
+                scored = await self.batch_scorer((service, features))
+            else:
+                scored = service.score([features])[0]
             await self.cache.put(key, scored)
         self.metrics.redis_up.set(1 if self.link.up else 0)
         answer = service.answer(scored, customer_id, features_from)

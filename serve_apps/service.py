@@ -133,3 +133,24 @@ class PredictionService:
         """Global gain importance recorded with the version, largest first."""
         ranked = sorted(self.meta.feature_importance.items(), key=lambda kv: -kv[1])
         return dict(ranked)
+
+
+def score_grouped(
+    items: Sequence[tuple[PredictionService, Mapping[str, Any]]],
+) -> list[dict[str, Any]]:
+    """Score requests gathered into one batch, one model call per model version among them.
+
+    A batch can straddle a model switch: each request is scored by the version it started with
+    (its cache key names that version).
+    """
+    scored: list[dict[str, Any]] = [{} for _ in items]
+    groups: dict[int, list[int]] = {}
+    for index, (service, _) in enumerate(items):
+        groups.setdefault(id(service), []).append(index)
+    for indices in groups.values():
+        service = items[indices[0]][0]
+        for index, result in zip(
+            indices, service.score([items[i][1] for i in indices]), strict=True
+        ):
+            scored[index] = result
+    return scored

@@ -404,3 +404,18 @@ def test_batch_reasons_can_be_approximate_or_left_out(
         "/v1/batch_predict", json={"records": records, "reasons": "vague"}, headers=predictor
     )
     assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == "reasons"
+
+
+def test_a_gathered_batch_scores_each_request_with_its_own_version(
+    tiny_model: ChurnModel,
+) -> None:
+    from serve_apps.service import PredictionService, score_grouped
+
+    old = PredictionService(tiny_model, meta(1), 0.5, top_reasons=1)
+    new = PredictionService(tiny_model, meta(2), 0.5, top_reasons=3)
+    rows = [{**GOOD, "usage": float(u)} for u in (1, 40, 80, 99)]
+    items = [(old, rows[0]), (new, rows[1]), (old, rows[2]), (new, rows[3])]
+    scored = score_grouped(items)
+    assert [len(s["reasons"]) for s in scored] == [1, 3, 1, 3]
+    expected = tiny_model.predict_records(rows)
+    assert [s["probability"] for s in scored] == pytest.approx(list(expected))
