@@ -49,7 +49,11 @@ def one_line_errors(command: F) -> F:
 
             get_logger("churn.cli").debug("command failed", exc_info=True)
             name = command.__name__.replace("_command", "")
-            errors.print(f"[red]churn {name} failed:[/red] {type(error).__name__}: {error}")
+            from rich.markup import escape
+
+            # The message may hold brackets (paths, HAProxy's "[file:line]"): not markup.
+            message = escape(f"{type(error).__name__}: {error}")
+            errors.print(f"[red]churn {name} failed:[/red] {message}")
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
