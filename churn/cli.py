@@ -35,6 +35,15 @@ def settings() -> Settings:
     return loaded.model_copy(update=_State.overrides) if _State.overrides else loaded
 
 
+def print_failure(what: str, error: Exception) -> None:
+    """One red line on stderr: ``<what> failed: <error type>: <message>``."""
+    from rich.markup import escape
+
+    # The message may hold brackets (paths, HAProxy's "[file:line]"): never markup.
+    message = escape(f"{type(error).__name__}: {error}")
+    errors.print(f"[red]{escape(what)} failed:[/red] {message}", highlight=False)
+
+
 def one_line_errors(command: F) -> F:
     """Turn any failure into one line naming the command and the cause, and exit 1."""
 
@@ -48,12 +57,7 @@ def one_line_errors(command: F) -> F:
             from churn_core.logging import get_logger
 
             get_logger("churn.cli").debug("command failed", exc_info=True)
-            name = command.__name__.replace("_command", "")
-            from rich.markup import escape
-
-            # The message may hold brackets (paths, HAProxy's "[file:line]"): not markup.
-            message = escape(f"{type(error).__name__}: {error}")
-            errors.print(f"[red]churn {name} failed:[/red] {message}")
+            print_failure(f"churn {command.__name__.replace('_command', '')}", error)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]

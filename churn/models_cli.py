@@ -45,11 +45,7 @@ def one_line_errors(command: F) -> F:
 
             get_logger("churn.models").debug("command failed", exc_info=True)
             name = command.__name__.removesuffix("_command")
-            cli.errors.print(
-                f"[red]churn models {name} failed:[/red] {type(error).__name__}: {error}",
-                markup=True,
-                highlight=False,
-            )
+            cli.print_failure(f"churn models {name}", error)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]

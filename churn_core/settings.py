@@ -278,6 +278,10 @@ class ServeSettings(BaseModel):
     # HAProxy's stats and metrics ports (Ray's defaults 8404 and 9101 clash on shared hosts).
     haproxy_stats_port: int = 8404
     haproxy_metrics_port: int = 9101
+    # A stopping replica keeps answering this long while HAProxy (updated by Ray, on the same
+    # node) drops it; Ray's 30 s default is for external load balancers and made every
+    # shutdown wait 30 s.
+    drain_s: float = Field(3.0, ge=0)
     alias: str = "champion"
     max_batch_records: int = Field(1_000, ge=1)
     max_body_bytes: int = Field(2_000_000, ge=1_024)
