@@ -20,4 +20,15 @@ if [ ! -f /usr/share/java/postgresql.jar ] && command -v apt-get >/dev/null 2>&1
     echo "services: /usr/share/java/postgresql.jar missing; run as root: apt-get install -y libpostgresql-jdbc-java" >&2
   fi
 fi
+# promtool (Debian package prometheus) for tests/unit/test_prometheus_rules.py, which checks
+# and unit-tests monitoring/prometheus/. Same pattern as above: only if missing, root only.
+if ! command -v promtool >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+  else
+    echo "services: promtool missing; run as root: apt-get install -y --no-install-recommends prometheus" >&2
+  fi
+fi
 echo "services: ok"

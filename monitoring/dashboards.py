@@ -1,0 +1,640 @@
+"""Grafana dashboards as code: serving, model quality and pipelines, plus provisioning files.
+
+Built with the Grafana Foundation SDK and written as provisioning JSON (Grafana itself is not part
+of this project). Per-feature panels come from the feature contract, never from a hand-typed
+list, and drift threshold lines from the ``drift:`` section of ``configs/monitoring.yaml``.
+
+Every dashboard has a stable ``uid`` so re-provisioning replaces it instead of adding a copy.
+Queries go through the ``datasource`` dashboard variable, which defaults to the provisioned
+Prometheus data source (``datasources.yaml``).
+
+Regenerate the committed files after changing this module, the contract or the thresholds::
+
+    python -m monitoring.dashboards --out monitoring/grafana
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from grafana_foundation_sdk.builders import common as common_builders
+from grafana_foundation_sdk.builders.dashboard import (
+    Dashboard,
+    DatasourceVariable,
+    Row,
+    ThresholdsConfig,
+)
+from grafana_foundation_sdk.builders.prometheus import Dataquery
+from grafana_foundation_sdk.builders.stat import Panel as StatPanel
+from grafana_foundation_sdk.builders.table import Panel as TablePanel
+from grafana_foundation_sdk.builders.timeseries import Panel as TimeseriesPanel
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common, dashboard
+from grafana_foundation_sdk.models.prometheus import PromQueryFormat
+
+from churn_core.contract import FeatureContract, load_contract
+from monitoring.drift import DriftStatus, DriftThresholds, load_thresholds
+
+JSON = dict[str, Any]
+
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONTRACT = _REPO_ROOT / "configs" / "contracts" / "saas.yaml"
+DEFAULT_MONITORING_CONFIG = _REPO_ROOT / "configs" / "monitoring.yaml"
+DEFAULT_OUT = Path("monitoring/grafana")
+DEFAULT_PROMETHEUS_URL = "http://prometheus:9090"
+# Where the Grafana container sees the dashboard JSON files (mount monitoring/grafana there).
+DEFAULT_DASHBOARDS_PATH = "/var/lib/grafana/dashboards/churn"
+REGENERATE_COMMAND = "python -m monitoring.dashboards --out monitoring/grafana"
+
+DATASOURCE_UID = "churn-prometheus"
+DATASOURCE_VARIABLE = "datasource"
+FOLDER = "Churn"
+TAGS = ["churn", "generated"]
+
+SERVING_UID = "churn-serving"
+MODEL_QUALITY_UID = "churn-model-quality"
+PIPELINES_UID = "churn-pipelines"
+DASHBOARD_FILES = {
+    SERVING_UID: "churn-serving.json",
+    MODEL_QUALITY_UID: "churn-model-quality.json",
+    PIPELINES_UID: "churn-pipelines.json",
+}
+
+# The score column that ``monitoring.drift.detect_drift`` compares next to the features.
+SCORE_FEATURE = "probability"
+# Numeric value of ``churn_drift_status{feature}`` for each DriftStatus, in declaration order.
+DRIFT_STATUS_CODES: dict[str, int] = {
+    status: code for code, status in enumerate(typing.get_args(DriftStatus))
+}
+_STATUS_COLORS = {"ok": "green", "drift": "red", "insufficient_data": "yellow"}
+
+RATE = "[$__rate_interval]"
+_GRID_WIDTH = 24
+
+
+# -- building blocks ---------------------------------------------------------------------------
+
+
+def _datasource() -> dashboard.DataSourceRef:
+    """The data source every panel and query uses: the ``datasource`` variable."""
+    return dashboard.DataSourceRef(type_val="prometheus", uid=f"${{{DATASOURCE_VARIABLE}}}")
+
+
+def _label(value: str) -> str:
+    """A PromQL label value in double quotes, escaped."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def _query(expr: str, legend: str = "", *, ref_id: str = "A", table: bool = False) -> Dataquery:
+    """A Prometheus query; ``table`` makes it an instant query in table format."""
+    query = Dataquery().expr(expr).ref_id(ref_id).datasource(_datasource())
+    if legend:
+        query = query.legend_format(legend)
+    if table:
+        query = query.instant().format(PromQueryFormat.TABLE)
+    return query
+
+
+def _thresholds(*steps: tuple[float | None, str]) -> ThresholdsConfig:
+    """Absolute thresholds; the first step's value is None (minus infinity)."""
+    return (
+        ThresholdsConfig()
+        .mode(dashboard.ThresholdsMode.ABSOLUTE)
+        .steps([dashboard.Threshold(value=value, color=color) for value, color in steps])
+    )
+
+
+def _timeseries(
+    title: str,
+    description: str,
+    queries: Sequence[Dataquery],
+    *,
+    unit: str = "short",
+    width: int = 12,
+    height: int = 8,
+) -> TimeseriesPanel:
+    """A time-series panel with a table legend showing mean and last values."""
+    panel = (
+        TimeseriesPanel()
+        .title(title)
+        .description(description)
+        .datasource(_datasource())
+        .unit(unit)
+        .span(width)
+        .height(height)
+        .legend(
+            common_builders.VizLegendOptions()
+            .display_mode(common.LegendDisplayMode.TABLE)
+            .placement(common.LegendPlacement.BOTTOM)
+            .show_legend(True)
+            .calcs(["mean", "lastNotNull"])
+        )
+    )
+    for query in queries:
+        panel = panel.with_target(query)
+    return panel
+
+
+def _with_threshold_line(panel: TimeseriesPanel, limit: float) -> TimeseriesPanel:
+    """Draw ``limit`` as a dashed red line on a time-series panel."""
+    return panel.thresholds(_thresholds((None, "green"), (limit, "red"))).thresholds_style(
+        common_builders.GraphThresholdsStyleConfig().mode(common.GraphThresholdsStyleMode.DASHED)
+    )
+
+
+def _stat(
+    title: str, description: str, query: Dataquery, *, unit: str = "short", width: int = 6
+) -> StatPanel:
+    """A single-value panel showing the last value of each series."""
+    return (
+        StatPanel()
+        .title(title)
+        .description(description)
+        .datasource(_datasource())
+        .with_target(query)
+        .unit(unit)
+        .span(width)
+        .height(5)
+        .graph_mode(common.BigValueGraphMode.AREA)
+        .reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+    )
+
+
+def _value_texts(texts: dict[int, tuple[str, str]]) -> list[dashboard.ValueMapping]:
+    """Value mappings from a number to (display text, color)."""
+    options = {
+        str(value): dashboard.ValueMappingResult(text=text, color=color, index=index)
+        for index, (value, (text, color)) in enumerate(texts.items())
+    }
+    return [dashboard.ValueMap(options=options)]
+
+
+def _base(uid: str, title: str, description: str) -> Dashboard:
+    """A dashboard with the shared settings: uid, tags, time range, refresh, datasource variable."""
+    return (
+        Dashboard(title)
+        .uid(uid)
+        .description(description)
+        .tags(TAGS)
+        .editable()
+        .time("now-6h", "now")
+        .refresh("1m")
+        .timezone(common.TimeZoneBrowser)
+        .tooltip(dashboard.DashboardCursorSync.CROSSHAIR)
+        .with_variable(
+            DatasourceVariable(DATASOURCE_VARIABLE).label("Data source").type("prometheus")
+        )
+    )
+
+
+def _to_json(builder: Dashboard) -> JSON:
+    """Build the dashboard, number its panels 1..n in layout order and return it as a dict."""
+    built = builder.build()
+    panel_id = 0
+    for panel in built.panels or []:
+        panel_id += 1
+        panel.id_val = panel_id
+        if isinstance(panel, dashboard.RowPanel):
+            for nested in panel.panels:
+                panel_id += 1
+                nested.id_val = panel_id
+    encoded: JSON = json.loads(JSONEncoder(sort_keys=True).encode(built))
+    return encoded
+
+
+# -- serving -----------------------------------------------------------------------------------
+
+
+def _requests_panels() -> list[TimeseriesPanel]:
+    """Request rate by status, p50/p99 latency by route and the 5xx share."""
+    buckets = f"sum by (le, route) (rate(churn_http_request_duration_seconds_bucket{RATE}))"
+    latency = [
+        _query(f"histogram_quantile({q}, {buckets})", f"p{round(q * 100)} {{{{route}}}}", ref_id=r)
+        for q, r in ((0.5, "A"), (0.99, "B"))
+    ]
+    total = f"sum(rate(churn_http_requests_total{RATE}))"
+    errors = f'sum(rate(churn_http_requests_total{{status=~"5.."}}{RATE}))'
+    client = f'sum(rate(churn_http_requests_total{{status=~"4.."}}{RATE}))'
+    return [
+        _timeseries(
+            "Request rate by status",
+            "HTTP requests per second by status code.",
+            [_query(f"sum by (status) (rate(churn_http_requests_total{RATE}))", "{{status}}")],
+            unit="reqps",
+        ),
+        _timeseries("Latency p50 / p99 by route", "Request latency quantiles.", latency, unit="s"),
+        _with_threshold_line(
+            _timeseries(
+                "Error share",
+                "Share of requests answered 5xx (server errors) and 4xx (client errors).",
+                [
+                    _query(f"{errors} / {total}", "5xx", ref_id="A"),
+                    _query(f"{client} / {total}", "4xx", ref_id="B"),
+                ],
+                unit="percentunit",
+            ),
+            0.01,
+        ),
+    ]
+
+
+def _cache_and_limits_panels() -> list[TimeseriesPanel]:
+    """Cache hit ratio, rate-limited requests and auth failures."""
+    lookups = f"sum(rate(churn_prediction_cache_total{RATE}))"
+    hits = f'sum(rate(churn_prediction_cache_total{{result="hit"}}{RATE}))'
+    return [
+        _timeseries(
+            "Prediction cache hit ratio",
+            "Share of prediction cache lookups that were hits.",
+            [_query(f"{hits} / {lookups}", "hit ratio")],
+            unit="percentunit",
+            width=8,
+        ),
+        _timeseries(
+            "Rate-limited requests",
+            "Requests refused by the rate limit, per second.",
+            [_query(f"sum(rate(churn_rate_limited_requests_total{RATE}))", "refused")],
+            unit="reqps",
+            width=8,
+        ),
+        _timeseries(
+            "Auth failures by error",
+            "Refused credentials and tokens per second, by reason.",
+            [_query(f"sum by (error) (rate(churn_auth_failures_total{RATE}))", "{{error}}")],
+            unit="reqps",
+            width=8,
+        ),
+    ]
+
+
+def _replica_panels() -> list[StatPanel | TimeseriesPanel]:
+    """Redis health, served model version and model reloads."""
+    redis = _stat(
+        "Redis up",
+        "Replicas whose last Redis call failed show DOWN.",
+        _query("min(churn_redis_up)", "redis"),
+    )
+    redis = redis.mappings(_value_texts({1: ("UP", "green"), 0: ("DOWN", "red")})).thresholds(
+        _thresholds((None, "red"), (1, "green"))
+    )
+    version = _stat(
+        "Model version per replica",
+        "Registry version each replica serves; differing values mean a rollout in progress.",
+        _query("churn_model_version", "{{instance}}"),
+    ).decimals(0)
+    reloads = _timeseries(
+        "Model reloads by outcome",
+        "Model reload attempts by outcome.",
+        [_query(f"sum by (outcome) (increase(churn_model_reloads_total{RATE}))", "{{outcome}}")],
+        width=12,
+        height=5,
+    )
+    return [redis, version, reloads]
+
+
+def _traffic_panels() -> list[TimeseriesPanel]:
+    """Predictions by label and online-store lookups by source."""
+    return [
+        _timeseries(
+            "Predictions by label",
+            "Predictions per second by predicted label.",
+            [_query(f"sum by (label) (rate(churn_predictions_total{RATE}))", "{{label}}")],
+            unit="ops",
+        ),
+        _timeseries(
+            "Online-store lookups by source",
+            "Online feature lookups per second by where the features came from.",
+            [
+                _query(
+                    f"sum by (source) (rate(churn_online_feature_lookups_total{RATE}))",
+                    "{{source}}",
+                )
+            ],
+            unit="ops",
+        ),
+    ]
+
+
+def serving_dashboard() -> JSON:
+    """The API dashboard: traffic, latency, errors, cache, limits, auth, Redis and model."""
+    builder = _base(SERVING_UID, "Churn / Serving", "The churn prediction API (Ray Serve).")
+    sections: list[tuple[str, Sequence[StatPanel | TimeseriesPanel]]] = [
+        ("Requests", _requests_panels()),
+        ("Cache, rate limit and auth", _cache_and_limits_panels()),
+        ("Replicas", _replica_panels()),
+        ("Predictions", _traffic_panels()),
+    ]
+    for title, panels in sections:
+        builder = builder.with_row(Row(title))
+        for panel in panels:
+            builder = builder.with_panel(panel)
+    return _to_json(builder)
+
+
+# -- model quality -----------------------------------------------------------------------------
+
+
+def _psi_panel(feature: str, description: str, thresholds: DriftThresholds) -> TimeseriesPanel:
+    """PSI of one feature over time with the alarm threshold."""
+    panel = _timeseries(
+        feature,
+        description or f"Population stability index of {feature}.",
+        [_query(f"churn_drift_psi{{feature={_label(feature)}}}", "PSI")],
+        width=6,
+        height=6,
+    )
+    return _with_threshold_line(panel, thresholds.psi)
+
+
+def _drift_table() -> TablePanel:
+    """One row per feature: drift status, PSI and Jensen-Shannon distance."""
+    mapping = {
+        code: (status, _STATUS_COLORS.get(status, "blue"))
+        for status, code in DRIFT_STATUS_CODES.items()
+    }
+    queries = [
+        _query("churn_drift_status", ref_id="A", table=True),
+        _query("churn_drift_psi", ref_id="B", table=True),
+        _query("churn_drift_js_distance", ref_id="C", table=True),
+    ]
+    organize = {
+        "excludeByName": {"Time": True, "__name__": True, "instance": True, "job": True},
+        "renameByName": {"Value #A": "status", "Value #B": "PSI", "Value #C": "JS distance"},
+        "indexByName": {"feature": 0, "Value #A": 1, "Value #B": 2, "Value #C": 3},
+    }
+    table = (
+        TablePanel()
+        .title("Drift status")
+        .description("Latest drift verdict and statistics of every feature and the score.")
+        .datasource(_datasource())
+        .span(_GRID_WIDTH)
+        .height(10)
+        .with_transformation(dashboard.DataTransformerConfig(id_val="merge", options={}))
+        .with_transformation(dashboard.DataTransformerConfig(id_val="organize", options=organize))
+        .override_by_name(
+            "status",
+            [
+                dashboard.DynamicConfigValue(id_val="mappings", value=_value_texts(mapping)),
+                dashboard.DynamicConfigValue(
+                    id_val="custom.cellOptions", value={"type": "color-background"}
+                ),
+            ],
+        )
+    )
+    for query in queries:
+        table = table.with_target(query)
+    return table
+
+
+def _accuracy_panels(thresholds: DriftThresholds) -> list[StatPanel | TimeseriesPanel]:
+    """ROC-AUC by model version, features in drift and score drift."""
+    score = _label(SCORE_FEATURE)
+    drift_code = DRIFT_STATUS_CODES["drift"]
+    return [
+        _timeseries(
+            "ROC-AUC by model version",
+            "ROC-AUC on labelled predictions, per model version.",
+            [_query("churn_model_roc_auc", "v{{model_version}}")],
+            unit="none",
+            width=12,
+        ),
+        _stat(
+            "Features in drift",
+            "Number of features (and the score) whose drift status is drift.",
+            _query(f"count(churn_drift_status == {drift_code}) or vector(0)", "drifted"),
+            width=4,
+        ).thresholds(_thresholds((None, "green"), (1, "red"))),
+        _with_threshold_line(
+            _timeseries(
+                f"Score drift ({SCORE_FEATURE})",
+                "PSI and Jensen-Shannon distance of the predicted churn probability.",
+                [
+                    _query(f"churn_drift_psi{{feature={score}}}", "PSI", ref_id="A"),
+                    _query(f"churn_drift_js_distance{{feature={score}}}", "JS", ref_id="B"),
+                ],
+                width=8,
+            ),
+            thresholds.psi,
+        ),
+    ]
+
+
+def model_quality_dashboard(
+    contract: FeatureContract, thresholds: DriftThresholds | None = None
+) -> JSON:
+    """Accuracy and drift: ROC-AUC, drift table, score drift and one PSI panel per feature."""
+    limits = thresholds or DriftThresholds()
+    builder = _base(
+        MODEL_QUALITY_UID,
+        "Churn / Model quality",
+        f"Accuracy and drift of the {contract.name} churn model against its training data.",
+    ).with_row(Row("Accuracy and drift"))
+    for panel in _accuracy_panels(limits):
+        builder = builder.with_panel(panel)
+    builder = builder.with_panel(_drift_table()).with_row(Row("PSI by feature"))
+    for feature in contract.features:
+        builder = builder.with_panel(_psi_panel(feature.name, feature.description, limits))
+    return _to_json(builder)
+
+
+# -- pipelines ---------------------------------------------------------------------------------
+
+
+def _source_panels(source: str) -> list[TimeseriesPanel]:
+    """Rows by job and stage, and quarantined rows by reason, of one contract source."""
+    selector = f"{{source={_label(source)}}}"
+    return [
+        _timeseries(
+            f"{source}: rows by job and stage",
+            f"Rows of source {source} processed per job and stage.",
+            [
+                _query(
+                    f"sum by (job, stage) (increase(churn_job_rows_total{selector}{RATE}))",
+                    "{{job}} / {{stage}}",
+                )
+            ],
+            height=6,
+        ),
+        _timeseries(
+            f"{source}: quarantined by reason",
+            f"Rows of source {source} set aside in quarantine, by reason.",
+            [
+                _query(
+                    f"sum by (reason) (increase(churn_job_quarantined_total{selector}{RATE}))",
+                    "{{reason}}",
+                )
+            ],
+            height=6,
+        ),
+    ]
+
+
+def _overview_panels() -> list[TimeseriesPanel]:
+    """Rows per job/stage/source, quarantined by source/reason and job durations."""
+    rows = f"sum by (job, stage, source) (increase(churn_job_rows_total{RATE}))"
+    quarantined = f"sum by (source, reason) (increase(churn_job_quarantined_total{RATE}))"
+    return [
+        _timeseries(
+            "Rows by job, stage and source",
+            "Rows processed per pipeline job, stage and source.",
+            [_query(rows, "{{job}} / {{stage}} / {{source}}")],
+        ),
+        _timeseries(
+            "Quarantined rows by reason",
+            "Rows set aside in quarantine, by source and reason.",
+            [_query(quarantined, "{{source}} / {{reason}}")],
+        ),
+        _timeseries(
+            "Job durations",
+            "Duration of the latest run of each pipeline job.",
+            [_query("max by (job) (churn_job_duration_seconds)", "{{job}}")],
+            unit="s",
+            width=_GRID_WIDTH,
+        ),
+    ]
+
+
+def pipelines_dashboard(contract: FeatureContract) -> JSON:
+    """Pipeline jobs: rows, quarantine and durations overall, then per contract source."""
+    builder = _base(
+        PIPELINES_UID,
+        "Churn / Pipelines",
+        f"Batch and streaming jobs that build the {contract.name} feature tables.",
+    ).with_row(Row("Overview"))
+    for panel in _overview_panels():
+        builder = builder.with_panel(panel)
+    for source in contract.sources:
+        builder = builder.with_row(Row(f"Source: {source}"))
+        for panel in _source_panels(source):
+            builder = builder.with_panel(panel)
+    return _to_json(builder)
+
+
+# -- provisioning ------------------------------------------------------------------------------
+
+
+def dashboards(contract: FeatureContract, thresholds: DriftThresholds | None = None) -> list[JSON]:
+    """All three dashboards, in file order."""
+    return [
+        serving_dashboard(),
+        model_quality_dashboard(contract, thresholds),
+        pipelines_dashboard(contract),
+    ]
+
+
+def dashboard_provider(dashboards_path: str = DEFAULT_DASHBOARDS_PATH) -> JSON:
+    """Grafana's dashboard provisioning: a file provider reading ``dashboards_path``."""
+    provider = {
+        "name": "churn",
+        "orgId": 1,
+        "folder": FOLDER,
+        "type": "file",
+        "disableDeletion": False,
+        "allowUiUpdates": False,
+        "updateIntervalSeconds": 30,
+        "options": {"path": dashboards_path, "foldersFromFilesStructure": False},
+    }
+    return {"apiVersion": 1, "providers": [provider]}
+
+
+def datasource_provisioning(prometheus_url: str = DEFAULT_PROMETHEUS_URL) -> JSON:
+    """Grafana's data source provisioning: the Prometheus the dashboards query by default."""
+    source = {
+        "name": "Prometheus",
+        "uid": DATASOURCE_UID,
+        "type": "prometheus",
+        "access": "proxy",
+        "url": prometheus_url,
+        "isDefault": True,
+        "editable": False,
+        "jsonData": {"httpMethod": "POST", "timeInterval": "15s"},
+    }
+    return {"apiVersion": 1, "datasources": [source]}
+
+
+def _dump_json(data: JSON) -> str:
+    """Stable JSON text: sorted keys, two-space indent, trailing newline."""
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def _dump_yaml(data: JSON) -> str:
+    """Stable YAML text with a header naming the generator."""
+    header = f"# Generated by monitoring/dashboards.py; regenerate: {REGENERATE_COMMAND}\n"
+    return header + yaml.safe_dump(data, sort_keys=False)
+
+
+def render_files(
+    contract: FeatureContract,
+    *,
+    thresholds: DriftThresholds | None = None,
+    prometheus_url: str = DEFAULT_PROMETHEUS_URL,
+    dashboards_path: str = DEFAULT_DASHBOARDS_PATH,
+) -> dict[str, str]:
+    """File name -> text of every file ``write_dashboards`` writes."""
+    files = {
+        DASHBOARD_FILES[board["uid"]]: _dump_json(board)
+        for board in dashboards(contract, thresholds)
+    }
+    files["dashboards.yaml"] = _dump_yaml(dashboard_provider(dashboards_path))
+    files["datasources.yaml"] = _dump_yaml(datasource_provisioning(prometheus_url))
+    return files
+
+
+def write_dashboards(
+    contract: FeatureContract,
+    out_dir: Path,
+    *,
+    thresholds: DriftThresholds | None = None,
+    prometheus_url: str = DEFAULT_PROMETHEUS_URL,
+    dashboards_path: str = DEFAULT_DASHBOARDS_PATH,
+) -> list[Path]:
+    """Write the three dashboards and both provisioning files to ``out_dir``; return the paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = render_files(
+        contract,
+        thresholds=thresholds,
+        prometheus_url=prometheus_url,
+        dashboards_path=dashboards_path,
+    )
+    written = []
+    for name, text in files.items():
+        path = out_dir / name
+        path.write_text(text)
+        written.append(path)
+    return written
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Command-line options of ``python -m monitoring.dashboards``."""
+    parser = argparse.ArgumentParser(description="Write the Grafana dashboards and provisioning.")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--contract", type=Path, default=DEFAULT_CONTRACT)
+    parser.add_argument("--monitoring-config", type=Path, default=DEFAULT_MONITORING_CONFIG)
+    parser.add_argument("--prometheus-url", default=DEFAULT_PROMETHEUS_URL)
+    parser.add_argument("--dashboards-path", default=DEFAULT_DASHBOARDS_PATH)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Generate the dashboards from the contract and thresholds and print the written paths."""
+    args = _parse_args(argv)
+    paths = write_dashboards(
+        load_contract(args.contract),
+        args.out,
+        thresholds=load_thresholds(args.monitoring_config),
+        prometheus_url=args.prometheus_url,
+        dashboards_path=args.dashboards_path,
+    )
+    for path in paths:
+        print(path)
+
+
+if __name__ == "__main__":
+    main()
