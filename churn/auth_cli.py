@@ -7,20 +7,19 @@ imported inside the commands so ``churn --help`` stays instant.
 
 from __future__ import annotations
 
-import functools
 import sys
-from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
+
+from churn.failures import one_line_errors_for
 
 auth_app = typer.Typer(
     no_args_is_help=True,
     help="Hash client secrets for the principals file and create JWT signing keys.",
 )
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Algorithm(StrEnum):
@@ -30,27 +29,7 @@ class Algorithm(StrEnum):
     RS256 = "RS256"
 
 
-def one_line_errors(command: F) -> F:
-    """Any failure becomes one line naming ``churn auth <command>`` and the cause; exit 1."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
-            raise
-        except Exception as error:
-            from churn import cli
-
-            name = command.__name__.removesuffix("_command")
-            cli.errors.print(
-                f"[red]churn auth {name} failed:[/red] {type(error).__name__}: {error}",
-                markup=True,
-                highlight=False,
-            )
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
+one_line_errors = one_line_errors_for("churn auth")
 
 
 @auth_app.command("hash")

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import functools
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+
+from churn.failures import one_line_errors_for
 
 if TYPE_CHECKING:
     from churn_core.settings import Settings
@@ -19,7 +20,6 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 # soft_wrap: a summary or error stays one line in logs, whatever the terminal width.
 console = Console(soft_wrap=True)
 errors = Console(stderr=True, soft_wrap=True)
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 class _State:
@@ -35,32 +35,7 @@ def settings() -> Settings:
     return loaded.model_copy(update=_State.overrides) if _State.overrides else loaded
 
 
-def print_failure(what: str, error: Exception) -> None:
-    """One red line on stderr: ``<what> failed: <error type>: <message>``."""
-    from rich.markup import escape
-
-    # The message may hold brackets (paths, HAProxy's "[file:line]"): never markup.
-    message = escape(f"{type(error).__name__}: {error}")
-    errors.print(f"[red]{escape(what)} failed:[/red] {message}", highlight=False)
-
-
-def one_line_errors(command: F) -> F:
-    """Turn any failure into one line naming the command and the cause, and exit 1."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
-            raise
-        except Exception as error:
-            from churn_core.logging import get_logger
-
-            get_logger("churn.cli").debug("command failed", exc_info=True)
-            print_failure(f"churn {command.__name__.replace('_command', '')}", error)
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
+one_line_errors = one_line_errors_for("churn")
 
 
 def _interrupt(signum: int, frame: object) -> None:

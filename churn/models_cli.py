@@ -7,12 +7,13 @@ modules are imported inside the commands so ``churn --help`` stays instant.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+from churn.failures import one_line_errors_for
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -23,32 +24,13 @@ if TYPE_CHECKING:
 app = typer.Typer(
     no_args_is_help=True, help="Inspect, compare, promote and roll back registered model versions."
 )
-F = TypeVar("F", bound=Callable[..., Any])
 
 Ref = Annotated[str, typer.Argument(help="A version number (3 or v3) or an alias (champion).")]
 AliasOption = Annotated[str, typer.Option("--alias", help="The alias to move.")]
 ReasonOption = Annotated[str, typer.Option("--reason", help="Why (kept in the alias history).")]
 
 
-def one_line_errors(command: F) -> F:
-    """Any failure becomes one line naming ``churn models <command>`` and the cause; exit 1."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
-            raise
-        except Exception as error:
-            from churn import cli
-            from churn_core.logging import get_logger
-
-            get_logger("churn.models").debug("command failed", exc_info=True)
-            name = command.__name__.removesuffix("_command")
-            cli.print_failure(f"churn models {name}", error)
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
+one_line_errors = one_line_errors_for("churn models")
 
 
 @contextmanager
