@@ -117,9 +117,13 @@ def train_sample_model(settings: Settings) -> dict[str, Any]:
     cli.run_generate(settings)
     cli.run_spark_stages(settings)
     cli.run_train(settings)
-    lines = cli.curl_examples("http://x", settings)
-    body = lines[1].split("-d '", 1)[1].rsplit("'", 1)[0]
-    return dict(json.loads(body))
+    from churn_core.contract import load_contract
+    from churn_core.tables import Tables
+
+    example = cli._example_features(
+        Tables(settings.dataset_lake), load_contract(settings.contract_path)
+    )
+    return {"customer_id": example.pop("__key"), "features": example}
 
 
 def start_baseline(settings: Settings, port: int) -> subprocess.Popen[bytes]:
