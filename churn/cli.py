@@ -268,9 +268,9 @@ def _example_features(tables: Any, contract: Any) -> dict[str, Any]:
     """The first gold row's features, as a realistic example request body."""
     import math
 
-    from deltalake import DeltaTable
+    from churn_core.prediction_log import query_delta
 
-    frame = DeltaTable(str(tables.gold_features)).to_pyarrow_dataset().head(1).to_pylist()[0]
+    frame = query_delta({"gold": tables.gold_features}, "SELECT * FROM gold LIMIT 1").to_pylist()[0]
     example = {
         name: (None if isinstance(v, float) and math.isnan(v) else v)
         for name, v in frame.items()

@@ -304,6 +304,114 @@ class ServeSettings(BaseModel):
     online_store: OnlineStoreSettings = Field(default_factory=OnlineStoreSettings)
 
 
+class SmtpSettings(BaseModel):
+    """SMTP server, credentials and addresses of the email alert channel."""
+
+    # Validation errors would otherwise echo the raw input, password included.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    host: str
+    port: int = Field(25, ge=1, le=65_535)
+    username: str | None = None
+    password: SecretStr | None = None
+    starttls: bool = False
+    use_ssl: bool = False
+    sender: str
+    recipients: list[str] = Field(min_length=1)
+    timeout_s: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> SmtpSettings:
+        if self.starttls and self.use_ssl:
+            raise ValueError("smtp: set starttls or use_ssl, not both")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("smtp: username and password go together")
+        return self
+
+
+class SlackSettings(BaseModel):
+    """Slack incoming webhook of the Slack alert channel."""
+
+    # Validation errors would otherwise echo the raw input, i.e. the webhook URL.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    # The URL is the credential: anyone holding it can post.
+    webhook_url: SecretStr
+    timeout_s: float = Field(10.0, gt=0)
+    # Only legacy webhooks honour a channel override; app webhooks post where they were made.
+    channel: str | None = None
+    # Wait before the one retry when the server sends no Retry-After, and the cap on any wait,
+    # so a slow Slack cannot stall a monitoring run.
+    retry_wait_s: float = Field(1.0, ge=0)
+    max_retry_wait_s: float = Field(5.0, ge=0)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _check_url(cls, value: SecretStr) -> SecretStr:
+        from urllib.parse import urlsplit
+
+        url = urlsplit(value.get_secret_value())
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError("slack.webhook_url must be an absolute http(s) URL")
+        return value
+
+
+class AlertSettings(BaseModel):
+    """Where alerts go and how long the same problem stays quiet after being sent."""
+
+    # The outermost model decides whether errors echo input, so it must hide it too.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    cooldown_s: float = Field(3600.0, ge=0)
+    smtp: SmtpSettings | None = None
+    slack: SlackSettings | None = None
+    # Last send time per alert fingerprint, so the cooldown holds across job runs.
+    state_path: Path = Path("var/monitoring/alert_state.json")
+
+
+class PredictionLogSettings(BaseModel):
+    """The Delta prediction log every replica and batch job appends to.
+
+    Rows are buffered in memory and written by a background thread every ``flush_interval_s``
+    or ``flush_rows`` rows, never on a request's path; a write that fails goes to ``spool_dir``
+    on local disk and is replayed (exactly once, by prediction id) on the next flush.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    flush_rows: int = Field(5_000, ge=1)
+    flush_interval_s: float = Field(2.0, gt=0)
+    # Above this many buffered rows (the table unreachable for long) batches go to the spool.
+    max_buffer_rows: int = Field(200_000, ge=1)
+    spool_dir: Path = Path("var/prediction_spool")
+    # How long closing a writer may take to write what is buffered before spooling it.
+    close_timeout_s: float = Field(10.0, gt=0)
+
+
+class MonitoringSettings(BaseModel):
+    """Prediction log, drift and accuracy jobs, where their results and metrics go, alerts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Drift thresholds and minimum sample sizes (the ``drift:`` section), as data.
+    thresholds_path: Path = Path("configs/monitoring.yaml")
+    prediction_log: PredictionLogSettings = Field(default_factory=PredictionLogSettings)
+    # The current window of a drift run: the prediction log's last ``drift_window_hours``,
+    # at most ``drift_max_rows`` of its newest rows.
+    drift_window_hours: float = Field(24.0, gt=0)
+    drift_max_rows: int = Field(200_000, ge=1)
+    # Batch jobs push their metrics here (a Prometheus Pushgateway); unset: written as text
+    # files under ``metrics_dir`` (node_exporter's textfile format).
+    pushgateway_url: str | None = None
+    metrics_dir: Path = Path("var/metrics")
+    # Drift and accuracy results also go to MongoDB when set (always to Delta).
+    mongodb_url: SecretStr | None = None
+    mongodb_database: str = "churn_monitoring"
+    mongodb_timeout_s: float = Field(5.0, gt=0)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
+
+
 class Settings(BaseSettings):
     """All settings of one environment."""
 
@@ -326,6 +434,7 @@ class Settings(BaseSettings):
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     # Where each contract source is read from; a source not listed here is read from files.
     sources: dict[str, SourceSettings] = Field(default_factory=dict)
 

@@ -37,3 +37,18 @@ class Tables:
     def gold_features(self) -> Path:
         """Per-customer features and labels, one row per (customer, snapshot)."""
         return self.root / "gold" / "features"
+
+    @property
+    def prediction_log(self) -> Path:
+        """Every online and batch prediction: features, score, model version and time."""
+        return self.root / "monitoring" / "predictions"
+
+    @property
+    def drift_results(self) -> Path:
+        """One row per feature (and the score) per drift run."""
+        return self.root / "monitoring" / "drift"
+
+    @property
+    def accuracy(self) -> Path:
+        """Accuracy of each model version per period, once the labels of its predictions are known."""
+        return self.root / "monitoring" / "accuracy"

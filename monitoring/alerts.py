@@ -30,9 +30,12 @@ from typing import Any, Literal, Protocol, Self
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from churn_core.logging import get_logger
+from churn_core.settings import AlertSettings as AlertSettings
+from churn_core.settings import SlackSettings as SlackSettings
+from churn_core.settings import SmtpSettings as SmtpSettings
 
 log = get_logger(__name__)
 
@@ -92,66 +95,8 @@ class Alert(BaseModel):
 
 # -- settings --------------------------------------------------------------------------------
 
-
-class SmtpSettings(BaseModel):
-    """SMTP server, credentials and addresses of the email channel."""
-
-    # Validation errors would otherwise echo the raw input, password included.
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
-
-    host: str
-    port: int = Field(25, ge=1, le=65_535)
-    username: str | None = None
-    password: SecretStr | None = None
-    starttls: bool = False
-    use_ssl: bool = False
-    sender: str
-    recipients: list[str] = Field(min_length=1)
-    timeout_s: float = Field(10.0, gt=0)
-
-    @model_validator(mode="after")
-    def _check_consistency(self) -> SmtpSettings:
-        if self.starttls and self.use_ssl:
-            raise ValueError("smtp: set starttls or use_ssl, not both")
-        if (self.username is None) != (self.password is None):
-            raise ValueError("smtp: username and password go together")
-        return self
-
-
-class SlackSettings(BaseModel):
-    """Slack incoming webhook of the Slack channel."""
-
-    # Validation errors would otherwise echo the raw input, i.e. the webhook URL.
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
-
-    # The URL is the credential: anyone holding it can post.
-    webhook_url: SecretStr
-    timeout_s: float = Field(10.0, gt=0)
-    # Only legacy webhooks honour a channel override; app webhooks post where they were made.
-    channel: str | None = None
-    # Wait before the one retry when the server sends no Retry-After, and the cap on any wait,
-    # so a slow Slack cannot stall a monitoring run.
-    retry_wait_s: float = Field(1.0, ge=0)
-    max_retry_wait_s: float = Field(5.0, ge=0)
-
-    @field_validator("webhook_url")
-    @classmethod
-    def _check_url(cls, value: SecretStr) -> SecretStr:
-        url = urlsplit(value.get_secret_value())
-        if url.scheme not in ("http", "https") or not url.hostname:
-            raise ValueError("slack.webhook_url must be an absolute http(s) URL")
-        return value
-
-
-class AlertSettings(BaseModel):
-    """Where alerts go and how long the same problem stays quiet after being sent."""
-
-    # The outermost model decides whether errors echo input, so it must hide it too.
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
-
-    cooldown_s: float = Field(3600.0, ge=0)
-    smtp: SmtpSettings | None = None
-    slack: SlackSettings | None = None
+# The settings live with every other setting (churn_core.settings: YAML + CHURN_* variables)
+# and are re-exported above, because the channels are built from them.
 
 
 # -- channels --------------------------------------------------------------------------------
