@@ -438,6 +438,17 @@ def _mount_materialize() -> None:
 _mount_materialize()
 
 
+def _mount_monitoring() -> None:
+    from churn.accuracy_cli import accuracy_command
+    from churn.drift_cli import drift_command
+
+    app.command("drift")(one_line_errors(drift_command))
+    app.command("accuracy")(one_line_errors(accuracy_command))
+
+
+_mount_monitoring()
+
+
 def _mount_models_app() -> None:
     from churn.auth_cli import auth_app
     from churn.models_cli import app as models_app
