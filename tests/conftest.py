@@ -44,6 +44,17 @@ def make_settings(base: Path, **updates: object) -> Settings:
             "lake_dir": base / "lake",
             "registry": settings.registry.model_copy(update={"root": base / "registry"}),
             "training": settings.training.model_copy(update={"storage_path": base / "ray_results"}),
+            "monitoring": settings.monitoring.model_copy(
+                update={
+                    "metrics_dir": base / "metrics",
+                    "prediction_log": settings.monitoring.prediction_log.model_copy(
+                        update={"spool_dir": base / "prediction_spool"}
+                    ),
+                    "alerts": settings.monitoring.alerts.model_copy(
+                        update={"state_path": base / "alert_state.json"}
+                    ),
+                }
+            ),
             "serve": settings.serve.model_copy(
                 update={
                     "port": free_port(),
