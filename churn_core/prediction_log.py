@@ -35,7 +35,8 @@ import pyarrow as pa
 
 from churn_core.contract import FeatureContract
 from churn_core.logging import get_logger
-from churn_core.settings import PredictionLogSettings
+from churn_core.settings import PredictionLogSettings, Settings
+from churn_core.tables import Tables
 
 log = get_logger(__name__)
 
@@ -124,6 +125,31 @@ def rows_to_table(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> pa.Ta
     """Log rows as an Arrow table of ``schema`` (values that do not fit the type are an error)."""
     columns = {name: [row.get(name) for row in rows] for name in schema.names}
     return pa.Table.from_pydict(columns, schema=schema)
+
+
+@dataclass(frozen=True)
+class PredictionLogTarget:
+    """Where a process's predictions go (plain data: shipped to Serve replicas by ``bind``)."""
+
+    table_path: str
+    spool_dir: str
+    settings: PredictionLogSettings
+
+    def open(self, contract: FeatureContract) -> PredictionLogWriter:
+        """A writer for predictions of models trained on ``contract`` (not started)."""
+        return PredictionLogWriter(
+            self.table_path, prediction_log_schema(contract), self.settings, Path(self.spool_dir)
+        )
+
+
+def prediction_log_target(settings: Settings) -> PredictionLogTarget:
+    """The prediction log of the configured data set."""
+    monitoring = settings.monitoring
+    return PredictionLogTarget(
+        table_path=str(Tables(settings.dataset_lake).prediction_log),
+        spool_dir=str(settings.resolve(monitoring.prediction_log.spool_dir)),
+        settings=monitoring.prediction_log,
+    )
 
 
 @dataclass(frozen=True)
@@ -339,7 +365,8 @@ def query_delta(tables: Mapping[str, Path | str], sql: str) -> pa.Table:
     builder = QueryBuilder()
     for name, path in tables.items():
         builder = builder.register(name, DeltaTable(str(path)))
-    return builder.execute(sql).read_all()
+    # delta-rs answers with arro3 objects; the rest of the code speaks pyarrow.
+    return pa.table(builder.execute(sql).read_all())
 
 
 def table_exists(path: Path | str) -> bool:

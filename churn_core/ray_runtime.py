@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from churn_core.settings import RaySettings
+
+
+class RayPortInUseError(RuntimeError):
+    """A fixed Ray port is taken: Ray itself would only time out after half a minute."""
 
 
 @contextmanager
@@ -38,10 +43,15 @@ def ray_session(
     if settings.address:
         ray.init(address=settings.address, log_to_driver=False)
     else:
+        if settings.metrics_export_port is not None:
+            ensure_port_free(settings.node_ip_address, settings.metrics_export_port)
         ray.init(
             num_cpus=settings.num_cpus,
             include_dashboard=settings.include_dashboard,
             _node_ip_address=settings.node_ip_address,
+            # The metrics agent serves Prometheus metrics here even with the dashboard off
+            # (the dashboard only adds the file-SD list of every node's port).
+            _metrics_export_port=settings.metrics_export_port,
             log_to_driver=False,
             configure_logging=False,
         )
@@ -49,3 +59,28 @@ def ray_session(
         yield
     finally:
         ray.shutdown()
+
+
+def ensure_port_free(host: str, port: int) -> None:
+    """Raise :class:`RayPortInUseError` when something already listens on ``host:port``."""
+    with socket.socket() as probe:
+        # As a server would bind: a port with only closed (TIME_WAIT) connections is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise RayPortInUseError(
+                f"ray.metrics_export_port {port} on {host} is in use ({error.strerror}): "
+                "set CHURN_RAY__METRICS_EXPORT_PORT to a free port, or null to let Ray pick one"
+            ) from None
+
+
+def metrics_export_targets() -> list[str]:
+    """``host:port`` of every live node's Prometheus metrics endpoint (Ray must be running)."""
+    import ray
+
+    return [
+        f"{node['NodeManagerAddress']}:{node['MetricsExportPort']}"
+        for node in ray.nodes()  # type: ignore[no-untyped-call]
+        if node["Alive"]
+    ]

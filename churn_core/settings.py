@@ -47,6 +47,10 @@ class RaySettings(BaseModel):
     num_cpus: int | None = None
     include_dashboard: bool = False
     node_ip_address: str = "127.0.0.1"
+    # Port of the local cluster's Prometheus metrics endpoint (Ray's metrics agent). Fixed, a
+    # static scrape target finds it (monitoring/prometheus/prometheus.yml); None lets Ray pick
+    # a free one (tests), readable from ray.nodes(). Ignored when joining ``address``.
+    metrics_export_port: int | None = Field(None, ge=1, le=65535)
 
 
 class TrainingSettings(BaseModel):
@@ -401,6 +405,10 @@ class MonitoringSettings(BaseModel):
     # at most ``drift_max_rows`` of its newest rows.
     drift_window_hours: float = Field(24.0, gt=0)
     drift_max_rows: int = Field(200_000, ge=1)
+    # Training rows stored with each model version as the drift reference (``reference.parquet``,
+    # a seeded sample of the training split). 20,000 rows put PSI's sampling noise on the
+    # reference side (~bins / n) at 0.0005, negligible next to the current window's.
+    reference_max_rows: int = Field(20_000, ge=1)
     # Batch jobs push their metrics here (a Prometheus Pushgateway); unset: written as text
     # files under ``metrics_dir`` (node_exporter's textfile format).
     pushgateway_url: str | None = None
@@ -409,6 +417,21 @@ class MonitoringSettings(BaseModel):
     mongodb_url: SecretStr | None = None
     mongodb_database: str = "churn_monitoring"
     mongodb_timeout_s: float = Field(5.0, gt=0)
+    # Accuracy job (monitoring/accuracy.py): logged predictions joined to the labels that have
+    # arrived since. Results per model version and per week or month of ``as_of``.
+    accuracy_period: Literal["week", "month"] = "month"
+    # Only predictions logged in the last N days are read; None reads the whole log. Labels
+    # mature a horizon after ``as_of``, so keep this well above the contract's horizon_days.
+    accuracy_lookback_days: int | None = Field(None, ge=1)
+    # A version's ROC-AUC alerts (and is exported as churn_model_roc_auc, which Prometheus
+    # alerts on) only with at least this many labelled predictions and this many churners
+    # among them: with 50 churners the AUC's standard error is ~0.03, so a drop of more than
+    # the tolerance below is rarely sampling noise.
+    accuracy_min_labels: int = Field(1_000, ge=1)
+    accuracy_min_positives: int = Field(50, ge=1)
+    # Alert when the measured ROC-AUC is below the version's registration (test split) ROC-AUC
+    # minus this much.
+    accuracy_drop_tolerance: float = Field(0.05, ge=0, le=1)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
 
 

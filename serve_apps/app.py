@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict
 from ray import serve
 from ray.serve import Application
 
-from churn_core.settings import ServeSettings, load_settings
+from churn_core.prediction_log import PredictionLogTarget, prediction_log_target
+from churn_core.settings import ServeSettings, Settings, load_settings
 from serve_apps.api import create_api
 from serve_apps.runtime import build_runtime
 from serve_apps.service import ModelSource, RegistryLoader
@@ -27,9 +28,20 @@ from serve_apps.service import ModelSource, RegistryLoader
 class ChurnAPI:
     """A replica serving the version its model source names, and following it when it moves."""
 
-    def __init__(self, source: ModelSource, settings: ServeSettings, project_root: str) -> None:
+    def __init__(
+        self,
+        source: ModelSource,
+        settings: ServeSettings,
+        project_root: str,
+        prediction_log: PredictionLogTarget | None = None,
+    ) -> None:
         root = Path(project_root)
-        self.runtime = build_runtime(settings, source, lambda p: p if p.is_absolute() else root / p)
+        self.runtime = build_runtime(
+            settings,
+            source,
+            lambda p: p if p.is_absolute() else root / p,
+            prediction_log=prediction_log,
+        )
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Ray Serve calls this after ``__init__`` to get the replica's ASGI app."""
@@ -48,14 +60,34 @@ class AppArgs(BaseModel):
 
     env: str = "local"
     registry_root: str | None = None
+    # Where the prediction log goes: <lake_dir>/<dataset>/monitoring/predictions.
+    lake_dir: str | None = None
+    dataset: str | None = None
+    prediction_spool_dir: str | None = None
     model_name: str | None = None
     alias: str | None = None
+
+
+def _with_locations(settings: Settings, args: AppArgs) -> Settings:
+    """``settings`` with the lake, data set and spool folder the deployer chose."""
+    update: dict[str, Any] = {}
+    if args.lake_dir:
+        update["lake_dir"] = Path(args.lake_dir)
+    if args.dataset:
+        update["dataset"] = args.dataset
+    if args.prediction_spool_dir:
+        monitoring = settings.monitoring
+        log = monitoring.prediction_log.model_copy(
+            update={"spool_dir": Path(args.prediction_spool_dir)}
+        )
+        update["monitoring"] = monitoring.model_copy(update={"prediction_log": log})
+    return settings.model_copy(update=update) if update else settings
 
 
 def build_app(args: dict[str, Any]) -> Application:
     """Application builder named by ``import_path`` in ``configs/serve/*.yaml``."""
     parsed = AppArgs.model_validate(args)
-    settings = load_settings(parsed.env)
+    settings = _with_locations(load_settings(parsed.env), parsed)
     registry = settings.registry
     if parsed.registry_root:
         registry = registry.model_copy(update={"root": Path(parsed.registry_root)})
@@ -69,4 +101,5 @@ def build_app(args: dict[str, Any]) -> Application:
         model_name=parsed.model_name or settings.model_name,
         alias=serve_settings.alias,
     )
-    return ChurnAPI.bind(source, serve_settings, root)  # type: ignore[attr-defined, no-any-return]
+    log_target = prediction_log_target(settings)
+    return ChurnAPI.bind(source, serve_settings, root, log_target)  # type: ignore[attr-defined, no-any-return]

@@ -41,6 +41,11 @@ def load_serve_config(
         app.setdefault("args", {}).update(
             env=settings.env,
             registry_root=str(settings.resolve(settings.registry.root)),
+            lake_dir=str(settings.resolve(settings.lake_dir)),
+            dataset=settings.dataset,
+            prediction_spool_dir=str(
+                settings.resolve(settings.monitoring.prediction_log.spool_dir)
+            ),
             model_name=settings.model_name,
             alias=settings.serve.alias,
             **(overrides or {}),

@@ -11,12 +11,18 @@ import contextlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from churn_core.contract import FeatureContract
+from churn_core.prediction_log import (
+    PredictionLogTarget,
+    PredictionLogWriter,
+    prediction_row,
+)
 from churn_core.settings import ServeSettings
 from serve_apps.auth import Authenticator
 from serve_apps.cache import PredictionCache
@@ -49,6 +55,7 @@ class ServingRuntime:
     metrics: ServeMetrics
     authenticator: Authenticator | None = None
     online_store: OnlineFeatureStore | None = None
+    prediction_log: PredictionLogWriter | None = None
     # Inside Serve: an @serve.batch scorer of (service, features) pairs; None scores each alone.
     batch_scorer: (
         Callable[[tuple[PredictionService, Mapping[str, Any]]], Awaitable[dict[str, Any]]] | None
@@ -66,18 +73,27 @@ class ServingRuntime:
     async def start(self) -> None:
         """Open connections and start watching the serving alias."""
         self.metrics.model_version.set(self.service.version)
+        self.metrics.redis_configured.set(1 if self.link.configured else 0)
+        if self.prediction_log is not None:
+            self.prediction_log.start()
         if self.online_store is not None:
             await self.online_store.start()
         if self.settings.reload_interval_s > 0 and self._watcher is None:
             self._watcher = asyncio.create_task(self._watch())
 
     async def stop(self) -> None:
-        """Stop the watcher and close connections."""
+        """Stop the watcher, write the prediction log's last rows, close connections.
+
+        Serve runs this after the replica has stopped taking requests and finished the ones
+        in flight, so every answered prediction is in the log once it returns.
+        """
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
             self._watcher = None
+        if self.prediction_log is not None:
+            await asyncio.to_thread(self.prediction_log.close)
         if self.online_store is not None:
             await self.online_store.close()
         await self.link.close()
@@ -129,7 +145,11 @@ class ServingRuntime:
         return found
 
     async def predict(
-        self, features: Mapping[str, Any], customer_id: str | None, features_from: str
+        self,
+        features: Mapping[str, Any],
+        customer_id: str | None,
+        features_from: str,
+        as_of: str | None = None,
     ) -> dict[str, Any]:
         """One prediction, answered from the cache when the same features were scored before."""
         service = self.service  # one version for the whole request, even if a reload lands
@@ -145,6 +165,7 @@ class ServingRuntime:
         self.metrics.redis_up.set(1 if self.link.up else 0)
         answer = service.answer(scored, customer_id, features_from)
         self._count([answer])
+        self._log("predict", service, [answer], [features], [as_of])
         return answer
 
     async def predict_batch(
@@ -153,6 +174,7 @@ class ServingRuntime:
         customer_ids: Sequence[str | None],
         features_from: Sequence[str],
         reasons: ReasonsMode = "exact",
+        as_of: Sequence[str | None] | None = None,
     ) -> tuple[int, list[dict[str, Any]]]:
         """Predictions for many records with one model call (not cached: each is one row)."""
         service = self.service
@@ -165,7 +187,40 @@ class ServingRuntime:
             for s, c, f in zip(scored, customer_ids, features_from, strict=True)
         ]
         self._count(answers)
+        self._log("batch_predict", service, answers, records, as_of or [None] * len(answers))
         return service.version, answers
+
+    def _log(
+        self,
+        endpoint: str,
+        service: PredictionService,
+        answers: Sequence[Mapping[str, Any]],
+        features: Sequence[Mapping[str, Any]],
+        as_of: Sequence[str | None],
+    ) -> None:
+        """Queue the predictions for the prediction log (a list append: no I/O here)."""
+        if self.prediction_log is None:
+            return
+        now = datetime.now(UTC)
+        self.prediction_log.append(
+            [
+                prediction_row(
+                    prediction_id=answer["prediction_id"],
+                    logged_at=now,
+                    model_name=service.meta.name,
+                    model_version=service.version,
+                    endpoint=endpoint,
+                    customer_id=answer["customer_id"],
+                    features_from=answer["features_from"],
+                    as_of=day,
+                    probability=answer["probability"],
+                    churn=answer["churn"],
+                    threshold=answer["threshold"],
+                    features=row,
+                )
+                for answer, row, day in zip(answers, features, as_of, strict=True)
+            ]
+        )
 
     def _count(self, answers: Sequence[Mapping[str, Any]]) -> None:
         churned = sum(1 for a in answers if a["churn"])
@@ -175,6 +230,8 @@ class ServingRuntime:
             self.metrics.predictions.labels("churn").inc(churned)
         if len(answers) > churned:
             self.metrics.predictions.labels("stay").inc(len(answers) - churned)
+        for answer in answers:
+            self.metrics.probability.observe(answer["probability"])
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Whether the replica can answer, and the state of each dependency."""
@@ -197,6 +254,7 @@ def build_runtime(
     source: ModelSource,
     resolve: Callable[[Path], Path],
     contract_name: str | None = None,
+    prediction_log: PredictionLogTarget | None = None,
 ) -> ServingRuntime:
     """Load the serving version and wire the runtime from settings (nothing starts yet)."""
     model, meta = source.load()
@@ -214,6 +272,11 @@ def build_runtime(
             timeout_s=settings.redis_timeout_s,
             postgres_timeout_s=store_settings.postgres_timeout_s,
         )
+    metrics = ServeMetrics()
+    writer = None
+    if prediction_log is not None and prediction_log.settings.enabled:
+        writer = prediction_log.open(model.contract)
+        metrics.watch_prediction_log(writer)
     return ServingRuntime(
         settings=settings,
         source=source,
@@ -221,9 +284,10 @@ def build_runtime(
         link=link,
         cache=PredictionCache(link, meta.name, settings.cache_ttl_s),
         limiter=RateLimiter(link, settings.rate_limit.window_s, settings.rate_limit.requests),
-        metrics=ServeMetrics(),
+        metrics=metrics,
         authenticator=(
             Authenticator.from_settings(settings.auth, resolve) if settings.auth.enabled else None
         ),
         online_store=online_store,
+        prediction_log=writer,
     )

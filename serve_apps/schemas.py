@@ -90,6 +90,8 @@ class Reason(BaseModel):
 class Prediction(BaseModel):
     """A churn prediction."""
 
+    # The prediction's row in the prediction log (quote it when reporting a wrong answer).
+    prediction_id: str
     customer_id: str | None = None
     probability: float = Field(ge=0, le=1)
     churn: bool

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from churn_core.model import ChurnModel
+from churn_core.prediction_log import new_prediction_id
 from churn_core.registry import ModelVersion, PromotionResult, Registry, open_registry
 from churn_core.settings import RegistrySettings
 
@@ -120,6 +121,7 @@ class PredictionService:
         """A full prediction: the scored part plus label, threshold and version."""
         probability = float(scored["probability"])
         return {
+            "prediction_id": new_prediction_id(),
             "customer_id": customer_id,
             "probability": probability,
             "churn": probability >= self.threshold,
