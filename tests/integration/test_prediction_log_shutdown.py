@@ -120,7 +120,7 @@ def keep_predicting(deployed: Deployed, body: dict[str, Any], answers: Answers) 
                     return
                 continue
             data = response.json()
-            predictions = data["predictions"] if "predictions" in data else [data]
+            predictions = data.get("predictions", [data])
             answers.add([p["prediction_id"] for p in predictions])
 
 
