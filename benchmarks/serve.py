@@ -96,6 +96,13 @@ def bench_settings(workdir: Path, port: int) -> Settings:
             "registry": settings.registry.model_copy(update={"root": workdir / "registry"}),
             "training": settings.training.model_copy(update={"storage_path": workdir / "ray"}),
             "serve": serve,
+            "monitoring": settings.monitoring.model_copy(
+                update={
+                    "prediction_log": settings.monitoring.prediction_log.model_copy(
+                        update={"spool_dir": workdir / "spool"}
+                    )
+                }
+            ),
         }
     )
 
@@ -104,6 +111,10 @@ def replica_environment(settings: Settings) -> dict[str, str]:
     """What both servers must see of the settings changed above."""
     return {
         "CHURN_REGISTRY__ROOT": str(settings.registry.root),
+        "CHURN_LAKE_DIR": str(settings.lake_dir),
+        "CHURN_MONITORING__PREDICTION_LOG__SPOOL_DIR": str(
+            settings.monitoring.prediction_log.spool_dir
+        ),
         "CHURN_SERVE__REDIS_URL": REDIS_URL,
         "CHURN_SERVE__RATE_LIMIT__REQUESTS": str(settings.serve.rate_limit.requests),
         "CHURN_SERVE__AUTH__KEYS_DIR": str(settings.serve.auth.keys_dir),
@@ -126,9 +137,11 @@ def train_sample_model(settings: Settings) -> dict[str, Any]:
     return {"customer_id": example.pop("__key"), "features": example}
 
 
-def start_baseline(settings: Settings, port: int) -> subprocess.Popen[bytes]:
+def start_baseline(
+    settings: Settings, port: int, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """``serve_apps.standalone`` (one uvicorn worker) on ``port``; waits until it answers."""
-    env = {**os.environ, **replica_environment(settings)}
+    env = {**os.environ, **replica_environment(settings), **(extra_env or {})}
     process = subprocess.Popen(
         [sys.executable, "-m", "serve_apps.standalone", "--env", "local", "--port", str(port)],
         env=env,

@@ -14,7 +14,10 @@ from rich.console import Console
 from churn.failures import one_line_errors_for
 
 if TYPE_CHECKING:
+    from churn_core.job_metrics import JobMetrics
     from churn_core.settings import Settings
+    from pipelines.features import GoldSummary
+    from pipelines.silver import SilverSummary
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 # soft_wrap: a summary or error stays one line in logs, whatever the terminal width.
@@ -88,6 +91,46 @@ def _done(stage: str, seconds: float, **counts: Any) -> None:
     console.print(f"[green]done[/green] {stage:<9} {details}  ({seconds:.1f} s)")
 
 
+def _job(name: str) -> JobMetrics:
+    """Metrics of one run of job ``name``; its duration counts from here."""
+    from churn_core.job_metrics import JobMetrics
+
+    return JobMetrics(name)
+
+
+def _publish(s: Settings, metrics: JobMetrics) -> None:
+    """Mark the run successful and push (or write) its metrics.
+
+    Only called once the job's work stands: a failed run publishes nothing, so the previous
+    success time stays in place and the ChurnJobNotSucceeding alert sees the job go stale.
+    """
+    from churn_core.logging import get_logger
+
+    metrics.mark_success()
+    where = metrics.publish(s.monitoring, s.resolve(Path(".")))
+    get_logger(__name__).info("job_metrics_published", job=metrics.job, target=where)
+
+
+def _record_silver(job: JobMetrics, part: SilverSummary) -> None:
+    """One source's validation counts, and its quarantined rows per reason code."""
+    for stage, count in (
+        ("read", part.read),
+        ("accepted", part.accepted),
+        ("quarantined", part.quarantined),
+    ):
+        job.rows(stage, count, part.source)
+    for reason, count in part.reasons.items():
+        job.quarantined(part.source, reason, count)
+
+
+def _record_gold(job: JobMetrics, gold: GoldSummary) -> None:
+    """Gold rows mix every source, hence no source label."""
+    job.rows("gold", gold.rows)
+    # 0 when unchanged inputs left the table as it was (nothing rewritten).
+    job.rows("written", gold.rows if gold.written else 0)
+    job.rows("positives", gold.positives)
+
+
 def run_generate(s: Settings) -> None:
     """Write the sample data set's raw sources."""
     from rich.progress import Progress
@@ -128,9 +171,12 @@ def run_spark_stages(s: Settings, ingest: bool = True, features: bool = True) ->
     tables = Tables(s.dataset_lake)
     with spark_session(s.spark) as spark:
         if ingest:
+            job = _job("churn-ingest")
             with console.status("ingest: sources -> bronze"):
                 bronze = ingest_sources(spark, contract, s, tables)
             for batch in bronze:
+                job.rows("read", batch.read, batch.source)
+                job.rows("appended", batch.appended, batch.source)
                 _done(
                     "bronze",
                     batch.seconds,
@@ -140,9 +186,12 @@ def run_spark_stages(s: Settings, ingest: bool = True, features: bool = True) ->
                     appended=batch.appended,
                     already_present=batch.already_present,
                 )
+            _publish(s, job)
+            job = _job("churn-silver")
             with console.status("validate: bronze -> silver + quarantine"):
                 silver = build_silver(spark, contract, tables)
             for part in silver:
+                _record_silver(job, part)
                 _done(
                     "silver",
                     part.seconds,
@@ -152,9 +201,12 @@ def run_spark_stages(s: Settings, ingest: bool = True, features: bool = True) ->
                     quarantined=part.quarantined,
                     **part.reasons,
                 )
+            _publish(s, job)
         if features:
+            job = _job("churn-features")
             with console.status("features: silver -> gold (point-in-time)"):
                 gold = build_gold(spark, contract, tables)
+            _record_gold(job, gold)
             _done(
                 "gold",
                 gold.seconds,
@@ -163,6 +215,7 @@ def run_spark_stages(s: Settings, ingest: bool = True, features: bool = True) ->
                 positives=gold.positives,
                 written=gold.written,
             )
+            _publish(s, job)
 
 
 def run_train(s: Settings) -> None:
@@ -172,6 +225,7 @@ def run_train(s: Settings) -> None:
     from churn_core.tables import Tables
     from training.pipeline import train_and_register
 
+    job = _job("churn-train")
     with (
         console.status("train: Ray Train XGBoost (2 workers)"),
         open_registry(s.registry, s.resolve) as registry,
@@ -179,6 +233,9 @@ def run_train(s: Settings) -> None:
         summary = train_and_register(
             s, load_contract(s.contract_path), Tables(s.dataset_lake), registry
         )
+    for split, count in summary.rows.items():
+        job.rows(split, count)  # stage = the split (train, valid, test) of the gold rows
+    _publish(s, job)
     m = summary.version.metrics
     _done(
         "train",

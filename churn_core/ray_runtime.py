@@ -8,7 +8,10 @@ import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
+from churn_core.logging import get_logger
 from churn_core.settings import RaySettings
+
+log = get_logger(__name__)
 
 
 class RayPortInUseError(RuntimeError):
@@ -43,15 +46,22 @@ def ray_session(
     if settings.address:
         ray.init(address=settings.address, log_to_driver=False)
     else:
-        if settings.metrics_export_port is not None:
-            ensure_port_free(settings.node_ip_address, settings.metrics_export_port)
+        metrics_port = settings.metrics_export_port
+        if metrics_port is not None:
+            try:
+                ensure_port_free(settings.node_ip_address, metrics_port)
+            except RayPortInUseError as error:
+                # Only Prometheus's static target depends on the port: a busy 8080 on a
+                # laptop must not stop the pipeline. Ray picks a port; the log says which.
+                log.warning("ray_metrics_port_taken", error=str(error))
+                metrics_port = None
         ray.init(
             num_cpus=settings.num_cpus,
             include_dashboard=settings.include_dashboard,
             _node_ip_address=settings.node_ip_address,
             # The metrics agent serves Prometheus metrics here even with the dashboard off
             # (the dashboard only adds the file-SD list of every node's port).
-            _metrics_export_port=settings.metrics_export_port,
+            _metrics_export_port=metrics_port,
             log_to_driver=False,
             configure_logging=False,
         )

@@ -39,6 +39,7 @@ from grafana_foundation_sdk.models import common, dashboard
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 from churn_core.contract import FeatureContract, load_contract
+from churn_core.job_metrics import DURATION, LAST_SUCCESS, QUARANTINED_ROWS, ROWS
 from monitoring.drift import DriftStatus, DriftThresholds, load_thresholds
 
 JSON = dict[str, Any]
@@ -75,6 +76,8 @@ DRIFT_STATUS_CODES: dict[str, int] = {
 _STATUS_COLORS = {"ok": "green", "drift": "red", "insufficient_data": "yellow"}
 
 RATE = "[$__rate_interval]"
+# The age at which ChurnJobNotSucceeding (monitoring/prometheus/rules.yml) alarms.
+JOB_STALE_AFTER_S = 2 * 86400
 _GRID_WIDTH = 24
 
 
@@ -278,8 +281,9 @@ def _replica_panels() -> list[StatPanel | TimeseriesPanel]:
     """Redis health, served model version and model reloads."""
     redis = _stat(
         "Redis up",
-        "Replicas whose last Redis call failed show DOWN.",
-        _query("min(churn_redis_up)", "redis"),
+        "Replicas whose last Redis call failed show DOWN; replicas configured without Redis "
+        "are left out (No data when none uses it).",
+        _query("min(churn_redis_up and churn_redis_configured == 1)", "redis"),
     )
     redis = redis.mappings(_value_texts({1: ("UP", "green"), 0: ("DOWN", "red")})).thresholds(
         _thresholds((None, "red"), (1, "green"))
@@ -299,15 +303,34 @@ def _replica_panels() -> list[StatPanel | TimeseriesPanel]:
     return [redis, version, reloads]
 
 
+def _score_panel() -> TimeseriesPanel:
+    """Mean predicted churn probability and the share scored 0.5 or more."""
+    scored = f"sum(rate(churn_prediction_probability_count{RATE}))"
+    mean = f"sum(rate(churn_prediction_probability_sum{RATE})) / {scored}"
+    # 0.5 is a bucket boundary (serve_apps/metrics.py PROBABILITY_BUCKETS): an exact share.
+    below = f'sum(rate(churn_prediction_probability_bucket{{le="0.5"}}{RATE}))'
+    return _timeseries(
+        "Churn probability served",
+        "Mean predicted churn probability and the share of predictions at 0.5 or more; the "
+        "drift job compares the full distribution with the training scores.",
+        [_query(mean, "mean", ref_id="A"), _query(f"1 - {below} / {scored}", ">= 0.5", ref_id="B")],
+        unit="percentunit",
+        width=8,
+    )
+
+
 def _traffic_panels() -> list[TimeseriesPanel]:
-    """Predictions by label and online-store lookups by source."""
+    """Predictions by label, the served score and online-store lookups by source."""
     return [
         _timeseries(
             "Predictions by label",
             "Predictions per second by predicted label.",
             [_query(f"sum by (label) (rate(churn_predictions_total{RATE}))", "{{label}}")],
             unit="ops",
+            width=8,
         ),
+        _score_panel(),
+        _prediction_log_panel(),
         _timeseries(
             "Online-store lookups by source",
             "Online feature lookups per second by where the features came from.",
@@ -318,8 +341,28 @@ def _traffic_panels() -> list[TimeseriesPanel]:
                 )
             ],
             unit="ops",
+            width=8,
         ),
     ]
+
+
+def _prediction_log_panel() -> TimeseriesPanel:
+    """Prediction-log rows by outcome and the rows waiting in replicas."""
+    return _timeseries(
+        "Prediction log",
+        "Rows per second queued, written to Delta, spooled to local disk (Delta failing) and "
+        "replayed from the spool; and rows buffered in replicas. Spooled above zero for long "
+        "means the lake is unreachable.",
+        [
+            _query(
+                f"sum by (outcome) (rate(churn_prediction_log_rows_total{RATE}))",
+                "{{outcome}}",
+                ref_id="A",
+            ),
+            _query("sum(churn_prediction_log_buffered_rows)", "buffered rows", ref_id="B"),
+        ],
+        width=8,
+    )
 
 
 def serving_dashboard() -> JSON:
@@ -447,56 +490,74 @@ def model_quality_dashboard(
 # -- pipelines ---------------------------------------------------------------------------------
 
 
+def _per_run(panel: TimeseriesPanel) -> TimeseriesPanel:
+    """Draw a per-run value as steps: it holds from one run until the next replaces it."""
+    return panel.line_interpolation(common.LineInterpolation.STEP_AFTER)
+
+
 def _source_panels(source: str) -> list[TimeseriesPanel]:
     """Rows by job and stage, and quarantined rows by reason, of one contract source."""
     selector = f"{{source={_label(source)}}}"
     return [
-        _timeseries(
-            f"{source}: rows by job and stage",
-            f"Rows of source {source} processed per job and stage.",
-            [
-                _query(
-                    f"sum by (job, stage) (increase(churn_job_rows_total{selector}{RATE}))",
-                    "{{job}} / {{stage}}",
-                )
-            ],
-            height=6,
+        _per_run(
+            _timeseries(
+                f"{source}: rows by job and stage",
+                f"Rows of source {source} each job's latest run handled, per stage.",
+                [_query(f"max by (job, stage) ({ROWS}{selector})", "{{job}} / {{stage}}")],
+                height=6,
+            )
         ),
-        _timeseries(
-            f"{source}: quarantined by reason",
-            f"Rows of source {source} set aside in quarantine, by reason.",
-            [
-                _query(
-                    f"sum by (reason) (increase(churn_job_quarantined_total{selector}{RATE}))",
-                    "{{reason}}",
-                )
-            ],
-            height=6,
+        _per_run(
+            _timeseries(
+                f"{source}: quarantined by reason",
+                f"Rows of source {source} the latest validation run set aside, by reason.",
+                [_query(f"max by (reason) ({QUARANTINED_ROWS}{selector})", "{{reason}}")],
+                height=6,
+            )
         ),
     ]
 
 
-def _overview_panels() -> list[TimeseriesPanel]:
-    """Rows per job/stage/source, quarantined by source/reason and job durations."""
-    rows = f"sum by (job, stage, source) (increase(churn_job_rows_total{RATE}))"
-    quarantined = f"sum by (source, reason) (increase(churn_job_quarantined_total{RATE}))"
+def _overview_panels() -> list[StatPanel | TimeseriesPanel]:
+    """Time since each job's last success, its rows, quarantined rows and durations.
+
+    Job metrics hold the latest run's values (churn_core/job_metrics.py), so they are shown
+    as they are, never through rate() or increase(); ``max`` rather than ``sum`` keeps one
+    value should a job's file and its push both be scraped.
+    """
+    rows = f"max by (job, stage, source) ({ROWS})"
+    quarantined = f"max by (source, reason) ({QUARANTINED_ROWS})"
+    since = _stat(
+        "Time since last success",
+        "Age of each job's last successful run; red past the ChurnJobNotSucceeding threshold.",
+        _query(f"time() - max by (job) ({LAST_SUCCESS})", "{{job}}"),
+        unit="s",
+        width=_GRID_WIDTH,
+    ).thresholds(_thresholds((None, "green"), (JOB_STALE_AFTER_S, "red")))
     return [
-        _timeseries(
-            "Rows by job, stage and source",
-            "Rows processed per pipeline job, stage and source.",
-            [_query(rows, "{{job}} / {{stage}} / {{source}}")],
+        since,
+        _per_run(
+            _timeseries(
+                "Rows by job, stage and source",
+                "Rows each pipeline job's latest run handled, per stage and source.",
+                [_query(rows, "{{job}} / {{stage}} / {{source}}")],
+            )
         ),
-        _timeseries(
-            "Quarantined rows by reason",
-            "Rows set aside in quarantine, by source and reason.",
-            [_query(quarantined, "{{source}} / {{reason}}")],
+        _per_run(
+            _timeseries(
+                "Quarantined rows by reason",
+                "Rows the latest validation run set aside in quarantine, by source and reason.",
+                [_query(quarantined, "{{source}} / {{reason}}")],
+            )
         ),
-        _timeseries(
-            "Job durations",
-            "Duration of the latest run of each pipeline job.",
-            [_query("max by (job) (churn_job_duration_seconds)", "{{job}}")],
-            unit="s",
-            width=_GRID_WIDTH,
+        _per_run(
+            _timeseries(
+                "Job durations",
+                "Duration of the latest successful run of each pipeline job.",
+                [_query(f"max by (job) ({DURATION})", "{{job}}")],
+                unit="s",
+                width=_GRID_WIDTH,
+            )
         ),
     ]
 

@@ -31,4 +31,30 @@ if ! command -v promtool >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; 
     echo "services: promtool missing; run as root: apt-get install -y --no-install-recommends prometheus" >&2
   fi
 fi
+# Pushgateway (Debian package prometheus-pushgateway) for tests/integration/test_prometheus_scrape.py,
+# which starts it on a free loopback port itself: installed, not run as a service. Batch jobs
+# push to it when monitoring.pushgateway_url is set. Same pattern: only if missing, root only.
+if ! command -v prometheus-pushgateway >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq --no-install-recommends prometheus-pushgateway >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends prometheus-pushgateway >/dev/null; }
+    # The package's postinst starts a system-wide instance on :9091 where an init system runs;
+    # the tests never rely on it (they start their own on a free port).
+  else
+    echo "services: prometheus-pushgateway missing; run as root: apt-get install -y --no-install-recommends prometheus-pushgateway" >&2
+  fi
+fi
+# Alertmanager (Debian package prometheus-alertmanager: prometheus-alertmanager and amtool)
+# for tests/unit/test_alertmanager_config.py (amtool check-config) and
+# tests/integration/test_alertmanager.py. Same pattern: only if missing, root only.
+if ! command -v amtool >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq --no-install-recommends prometheus-alertmanager >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends prometheus-alertmanager >/dev/null; }
+  else
+    echo "services: amtool missing; run as root: apt-get install -y --no-install-recommends prometheus-alertmanager" >&2
+  fi
+fi
 echo "services: ok"

@@ -1,7 +1,7 @@
 """The same API in plain uvicorn, without Ray: the serving benchmark's baseline.
 
 ``python -m serve_apps.standalone --env local --port 8001`` serves the registry's champion with
-the same runtime (auth, cache, limits, metrics) as the Serve deployment.
+the same runtime (auth, cache, limits, metrics, prediction log) as the Serve deployment.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from churn_core.logging import configure_logging
+from churn_core.prediction_log import prediction_log_target
 from churn_core.settings import Settings, load_settings
 from serve_apps.api import create_api
 from serve_apps.runtime import build_runtime
@@ -27,7 +28,13 @@ def create_standalone_app(settings: Settings) -> FastAPI:
         model_name=settings.model_name,
         alias=settings.serve.alias,
     )
-    return create_api(build_runtime(settings.serve, source, settings.resolve))
+    runtime = build_runtime(
+        settings.serve,
+        source,
+        settings.resolve,
+        prediction_log=prediction_log_target(settings),
+    )
+    return create_api(runtime)
 
 
 def main() -> None:

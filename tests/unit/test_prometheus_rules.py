@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from churn_core.job_metrics import METRIC_NAMES as JOB_METRICS
 from serve_apps.metrics import ServeMetrics
 
 PROMETHEUS_DIR = Path(__file__).resolve().parents[2] / "monitoring" / "prometheus"
@@ -123,12 +124,12 @@ def test_promtool(args: tuple[str, ...]) -> None:
 
 def test_every_metric_in_the_rules_exists() -> None:
     recorded = {rule["record"] for rule in _rules() if "record" in rule}
-    known = serve_metric_names() | MODEL_METRICS | STANDARD_METRICS | recorded
+    known = serve_metric_names() | MODEL_METRICS | JOB_METRICS | STANDARD_METRICS | recorded
     unknown = {name: sorted(rules) for name, rules in used_metric_names().items()}
     unknown = {name: rules for name, rules in unknown.items() if name not in known}
     assert not unknown, (
         f"rules.yml uses metrics nobody exports (metric: rules using it): {unknown}; "
-        "serve_apps/metrics.py defines the API's names"
+        "serve_apps/metrics.py defines the API's names, churn_core/job_metrics.py the jobs'"
     )
 
 
@@ -143,6 +144,7 @@ def test_the_rules_use_the_api_and_model_metrics() -> None:
         "churn_drift_status",
         "churn_drift_psi",  # only in the drift alert's description template
         "churn_model_roc_auc",
+        "churn_job_last_success_timestamp_seconds",
         "churn:http_requests:rate5m",
     ):
         assert name in used, f"{name} not found in rules.yml (parsed: {sorted(used)})"
