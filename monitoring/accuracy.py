@@ -674,7 +674,7 @@ def run_accuracy(
         lookback_start=(run_at - timedelta(days=lookback)).date() if lookback else None,
     )
     started = time.perf_counter()
-    metrics = JobMetrics("accuracy")  # from the start: its duration gauge times the whole run
+    metrics = JobMetrics("churn-accuracy")  # from the start: its duration gauge times the whole run
     watch = _Stopwatch(run.timings)
     predictions = _read_log(tables.prediction_log, run)
     watch.lap("read")

@@ -700,7 +700,7 @@ def test_a_run_scores_versions_stores_everywhere_and_alerts_on_the_dropped_one(
         f'churn_accuracy_pending_predictions{{model_version="1"}} {float(overall_v1.pending)}'
         in text
     )
-    assert 'churn_job_last_success_timestamp_seconds{job="accuracy"}' in text
+    assert 'churn_job_last_success_timestamp_seconds{job="churn-accuracy"}' in text
     assert run.sink_errors == [] and run.mongo == "off"
 
 
@@ -780,7 +780,7 @@ def test_an_alert_no_channel_delivered_is_a_sink_error_after_everything_else_ran
     # Exported, but not as a success: a run that exits 1 must not look fresh.
     text = Path(run.metrics_target).read_text()
     assert 'churn_accuracy_labelled_predictions{model_version="1"} 400.0' in text
-    assert 'churn_job_last_success_timestamp_seconds{job="accuracy"}' not in text
+    assert 'churn_job_last_success_timestamp_seconds{job="churn-accuracy"}' not in text
 
 
 def test_no_alert_below_the_minimum_label_count(
