@@ -20,6 +20,7 @@ from churn_core.settings import Settings
 from churn_core.tables import Tables
 from training.data import LABEL_COLUMN, read_gold, split_gold
 from training.evaluate import evaluate, evaluate_segments
+from training.reference import REFERENCE_FILE, build_reference
 from training.report import write_report
 from training.threshold import choose_threshold
 from training.train import fit_xgboost, positive_weight
@@ -67,7 +68,9 @@ def train_and_register(
     """Read gold, fit with Ray Train, evaluate on the held-out split, register, set aliases.
 
     The decision threshold is chosen on the validation split; every number of the report comes
-    from the test split (the latest snapshot), which neither fitting nor the threshold saw.
+    from the test split (the latest snapshot), which neither fitting nor the threshold saw. The
+    version also stores ``reference.parquet``, a sample of its training rows and their scores,
+    which the drift job compares the prediction log against.
     """
     started = time.perf_counter()
     gold = read_gold(tables.gold_features)
@@ -98,6 +101,16 @@ def train_and_register(
     metrics.update(valid_auc=fit.valid_auc, best_iteration=float(fit.best_iteration))
     segments = evaluate_segments(test, test_y, scores, contract)
     importance = feature_importance(model, test)
+    # Drift checks compare the prediction log with this sample of the training rows.
+    reference = build_reference(
+        gold.path,
+        gold.delta_version,
+        contract,
+        settings.training,
+        model,
+        train_rows=rows["train"],
+        max_rows=settings.monitoring.reference_max_rows,
+    )
     with tempfile.TemporaryDirectory() as directory:
         paths = write_report(
             Path(directory), result, segments, importance, settings.model_name, None
@@ -119,7 +132,10 @@ def train_and_register(
             },
             feature_importance=importance["gain"],
             segments=segments,
-            files={path.name: path.read_bytes() for path in paths},
+            files={
+                **{path.name: path.read_bytes() for path in paths},
+                REFERENCE_FILE: reference,
+            },
         )
     aliases = registry.promote_or_challenge(
         settings.model_name,
