@@ -506,6 +506,19 @@ def _mount_monitoring() -> None:
 _mount_monitoring()
 
 
+def _mount_operations() -> None:
+    from churn.backup_cli import backup_app
+    from churn.schedule_cli import schedule_command
+    from churn.score_cli import score_command
+
+    app.command("score")(one_line_errors(score_command))
+    app.command("schedule")(one_line_errors(schedule_command))
+    app.add_typer(backup_app)
+
+
+_mount_operations()
+
+
 def _mount_models_app() -> None:
     from churn.auth_cli import auth_app
     from churn.models_cli import app as models_app

@@ -52,3 +52,8 @@ class Tables:
     def accuracy(self) -> Path:
         """Accuracy of each model version per period, once the labels of its predictions are known."""
         return self.root / "monitoring" / "accuracy"
+
+    @property
+    def scores(self) -> Path:
+        """Batch scores: one row per (customer, snapshot, model version)."""
+        return self.root / "scores" / "customer_scores"
