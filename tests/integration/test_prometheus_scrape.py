@@ -10,8 +10,10 @@ Scrape settings mirror monitoring/prometheus/prometheus.yml (honor_labels for th
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -209,20 +211,27 @@ def test_prometheus_scrapes_the_served_predictions(
 def test_prometheus_reads_a_job_run_pushed_to_the_pushgateway(
     saas_run: PipelineRun, pushgateway: str, prometheus: str
 ) -> None:
-    """The features job, run through the CLI, pushes its counts; PromQL returns them."""
-    from churn import cli
+    """The features job, run by the real `churn features` process, pushes its counts."""
     from churn_core.job_metrics import LAST_SUCCESS, ROWS
     from pipelines.delta import table_rows
 
     settings = saas_run.settings
-    pushing = settings.model_copy(
-        update={
-            "monitoring": settings.monitoring.model_copy(update={"pushgateway_url": pushgateway})
-        }
-    )
     started = time.time()
-    # Features only: the session's gold table is up to date, so it is read, not rewritten.
-    cli.run_spark_stages(pushing, ingest=False, features=True)
+    # Features only: the session's gold table is up to date, so it is read, not rewritten. A
+    # process of its own: stopping its Spark session must not stop the test session's.
+    subprocess.run(
+        [sys.executable, "-m", "churn.cli", "features"],
+        env={
+            **os.environ,
+            "CHURN_ENV": "test",
+            "CHURN_RAW_DIR": str(settings.raw_dir),
+            "CHURN_LAKE_DIR": str(settings.lake_dir),
+            "CHURN_MONITORING__PUSHGATEWAY_URL": pushgateway,
+        },
+        cwd=settings.root,
+        check=True,
+        timeout=300,
+    )
 
     gold = wait_for(prometheus, f'{ROWS}{{job="churn-features",stage="gold"}}')
     # honor_labels: the pushed job label survives (not renamed exported_job) and no
