@@ -508,11 +508,11 @@ _mount_monitoring()
 
 def _mount_operations() -> None:
     from churn.backup_cli import backup_app
-    from churn.schedule_cli import schedule_command
+    from churn.schedule_cli import app as schedule_app
     from churn.score_cli import score_command
 
     app.command("score")(one_line_errors(score_command))
-    app.command("schedule")(one_line_errors(schedule_command))
+    app.add_typer(schedule_app, name="schedule")
     app.add_typer(backup_app)
 
 
