@@ -435,6 +435,73 @@ class MonitoringSettings(BaseModel):
     alerts: AlertSettings = Field(default_factory=AlertSettings)
 
 
+class BackupSettings(BaseModel):
+    """Where ``churn backup`` writes, how many backups it keeps, and the PostgreSQL tools it runs.
+
+    Retention runs after each successful backup: a complete backup is deleted once it is
+    outside both ``keep_last`` (the newest N) and ``keep_days`` (younger than N days); a rule
+    left unset keeps nothing by itself, both unset keep everything.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    # A pyarrow.fs URI (s3://bucket/prefix, file:///abs/path) or a local path (relative paths
+    # are resolved against the project root). Credentials come from the usual variables of the
+    # file system (AWS_*), never from here: a URI ends up in log lines and in the manifest.
+    root: str = "var/backups"
+    keep_last: int | None = Field(7, ge=1)
+    keep_days: float | None = Field(None, gt=0)
+    # Files copied at once (object stores reward parallel requests; a local disk does not mind).
+    workers: int = Field(4, ge=1, le=64)
+    # pg_dump must be at least the server's major version: point these at the matching binaries
+    # (e.g. /usr/lib/postgresql/16/bin/pg_dump) when the server is newer than the client here.
+    pg_dump: str = "pg_dump"
+    pg_restore: str = "pg_restore"
+    # Upper bound of one pg_dump or pg_restore run.
+    pg_timeout_s: float = Field(3600.0, gt=0)
+
+
+class ScoringSettings(BaseModel):
+    """Batch scoring (``churn score``): every customer of a gold snapshot, scored by an alias.
+
+    Scores go to the Delta scores table (one slice per snapshot and model version), each
+    customer's current risk to PostgreSQL when ``postgres_url`` is set, and every score to the
+    prediction log when ``monitoring.prediction_log.enabled``.
+    """
+
+    # Validation errors would otherwise echo the raw input, i.e. the PostgreSQL URL.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    # The registry alias whose version scores (resolved once per run).
+    alias: str = "champion"
+    # spark: mapInArrow on the configured Spark (embedded Sail by default). ray: Ray Data.
+    engine: Literal["spark", "ray"] = "spark"
+    # Reasons per customer (the largest SHAP contributions); None: serve.top_reasons, so batch
+    # scores and API answers name as many reasons.
+    top_reasons: int | None = Field(None, ge=0)
+    # exact: TreeSHAP, the same reasons the API gives (~120 us a row for 300 depth-3 trees
+    # here); approximate: Saabas, ~15x faster, the same top feature for ~80% of rows;
+    # none: no reasons (the table's reasons column stays null).
+    reasons: Literal["exact", "approximate", "none"] = "exact"
+    # XGBoost threads per scoring worker (Spark partition or Ray actor); 1 because the
+    # engine already runs one worker per core.
+    model_threads: int = Field(1, ge=1)
+    # Ray Data path. tasks: a function in Ray's pooled worker processes, which keep the model
+    # cached between runs of one driver; actors: a callable class, new actors (processes,
+    # imports, model load) for every run.
+    ray_compute: Literal["tasks", "actors"] = "tasks"
+    # Scoring workers at once, and CPUs each reserves. Fractional by default, so the workers
+    # never starve the driver's Delta write of a CPU on a small machine.
+    ray_workers: int = Field(2, ge=1)
+    ray_cpus_per_worker: float = Field(0.5, gt=0)
+    # Current risk per customer for applications: postgresql://user:password@host/db (secret:
+    # it may carry a password); unset: no PostgreSQL table is written.
+    postgres_url: SecretStr | None = None
+    postgres_table: str = "customer_scores"
+    # How long connecting to PostgreSQL may take before the job fails with one line.
+    postgres_timeout_s: float = Field(10.0, gt=0)
+
+
 class Settings(BaseSettings):
     """All settings of one environment."""
 
@@ -458,6 +525,8 @@ class Settings(BaseSettings):
     serve: ServeSettings = Field(default_factory=ServeSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    scoring: ScoringSettings = Field(default_factory=ScoringSettings)
+    backup: BackupSettings = Field(default_factory=BackupSettings)
     # Where each contract source is read from; a source not listed here is read from files.
     sources: dict[str, SourceSettings] = Field(default_factory=dict)
 
