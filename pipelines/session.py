@@ -33,7 +33,9 @@ def spark_session(settings: SparkSettings) -> Iterator[SparkSession]:
         host, port = server.listening_address
         remote = f"sc://{host}:{port}"
         log.info("sail started", remote=remote)
-    spark = SparkSession.builder.remote(remote).getOrCreate()
+    # create(), not getOrCreate(): getOrCreate hands back any session already active in this
+    # process (on another server), and stopping it below would stop it for its owner too.
+    spark = SparkSession.builder.remote(remote).create()
     try:
         yield spark
     finally:
