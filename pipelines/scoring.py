@@ -403,7 +403,6 @@ def _snapshot_rows(
         if value is None:
             raise ScoringError(f"gold table {path} is empty: run `churn features` first")
         snapshot = value
-    assert snapshot is not None
     counted = query(
         {"gold": gold},
         f"SELECT count(*) AS n FROM gold WHERE \"{column}\" = DATE '{snapshot.isoformat()}'",

@@ -25,13 +25,17 @@ import numpy as np
 import psycopg
 import pyarrow as pa
 import pytest
-from deltalake import DeltaTable
+import xgboost as xgb
+from deltalake import DeltaTable, write_deltalake
 from psycopg import sql
 from pydantic import SecretStr
 
 from churn.score_cli import Engine, ScoreRun, run_score
+from churn_core.contract import FeatureContract
 from churn_core.faults import FAILPOINT_EXIT_CODE
+from churn_core.model import FeatureEncoder
 from churn_core.prediction_log import query_delta
+from churn_core.registry import LocalRegistry
 from churn_core.settings import Settings
 from churn_core.tables import Tables
 from pipelines.scoring import (
@@ -43,7 +47,9 @@ from pipelines.scoring import (
 )
 from pipelines.scoring_publish import batch_prediction_id
 from pipelines.scoring_ray import score_with_ray
-from tests.conftest import REPO_ROOT, PipelineRun
+from tests.conftest import REPO_ROOT, PipelineRun, make_settings
+from tests.unit.conftest import TINY_CONTRACT, tiny_frame
+from tests.unit.test_scoring import gold_batch
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -369,3 +375,52 @@ def test_batch_predictions_are_logged_once(world: World, ray_cluster: None) -> N
         ), feature
     scored = slice_rows(world, first.plan.snapshot, version).to_pandas()
     np.testing.assert_allclose(rows["probability"], scored["probability"], rtol=0, atol=0)
+
+
+# --- a contract without snapshots --------------------------------------------------------------------
+
+
+def test_a_contract_without_snapshots_scores_every_row_under_todays_date(
+    tmp_path: Path, postgres_url: str, ray_cluster: None
+) -> None:
+    """The tiny contract: no snapshot column, entity key ``id``, its own gold and registry."""
+    contract = FeatureContract.model_validate(TINY_CONTRACT)
+    training = tiny_frame(2000)
+    encoder = FeatureEncoder(contract)
+    booster = xgb.train(
+        {"objective": "binary:logistic", "max_depth": 3},
+        encoder.dmatrix(encoder.encode_frame(training), training["churned"].to_numpy()),
+        30,
+    )
+    settings = make_settings(tmp_path, dataset="tiny")
+    settings = settings.model_copy(
+        update={
+            "scoring": settings.scoring.model_copy(
+                update={"postgres_url": SecretStr(postgres_url), "postgres_table": "tiny_scores"}
+            )
+        }
+    )
+    registry = LocalRegistry(settings.resolve(settings.registry.root))
+    meta = registry.register(
+        settings.model_name,
+        bytes(booster.save_raw("ubj")),
+        contract,
+        params={"threshold": 0.4},
+        metrics={},
+        lineage={},
+        feature_importance={},
+    )
+    registry.set_alias(settings.model_name, "champion", meta.version)
+    tables = Tables(settings.dataset_lake)
+    write_deltalake(str(tables.gold_features), gold_batch(300))
+
+    first = run_score(settings, engine=Engine.spark)
+    again = run_score(settings, engine=Engine.ray)
+    assert first.plan.snapshot == again.plan.snapshot == first.plan.scored_at.date()
+    assert first.write.written == first.plan.rows == 300
+    assert again.write.skipped
+    world = World(run=None, settings=settings, tables=tables, postgres_url=postgres_url)  # type: ignore[arg-type]
+    assert len(all_scores(world)) == 300
+    assert {row[0] for row in postgres_rows(world)} == {"tiny"}
+    assert len(postgres_rows(world)) == 300
+    assert logged(world).num_rows == 300
