@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -56,12 +57,22 @@ def api_comparison(workdir: Path, customers: int, seconds: int) -> None:
     with ray_session(settings.ray):
         example = train_sample_model(settings)
     ports = {"log on": free_port(), "log off": free_port()}
+    # A Redis database each, emptied first: wrk's random bodies repeat from run to run, and a
+    # shared prediction cache would hand the second server the first one's answers.
+    redis = {"log on": "redis://127.0.0.1:6379/1", "log off": "redis://127.0.0.1:6379/2"}
+    for url in redis.values():
+        subprocess.run(["redis-cli", "-u", url, "FLUSHDB"], check=True, capture_output=True)
     servers = {
-        "log on": start_baseline(settings, ports["log on"]),
+        "log on": start_baseline(
+            settings, ports["log on"], {"CHURN_SERVE__REDIS_URL": redis["log on"]}
+        ),
         "log off": start_baseline(
             settings,
             ports["log off"],
-            {"CHURN_MONITORING__PREDICTION_LOG__ENABLED": "false"},
+            {
+                "CHURN_MONITORING__PREDICTION_LOG__ENABLED": "false",
+                "CHURN_SERVE__REDIS_URL": redis["log off"],
+            },
         ),
     }
     try:
