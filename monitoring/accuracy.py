@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -55,8 +55,8 @@ from monitoring.alerts import (
     Alert,
     AlertDispatcher,
     DispatchResult,
-    FileCooldownStore,
-    build_channels,
+    dispatch_configured,
+    undelivered,
 )
 
 if TYPE_CHECKING:
@@ -509,44 +509,6 @@ def drop_alert(model_name: str, check: VersionCheck, tolerance: float) -> Alert:
     )
 
 
-def dispatch_alerts(
-    alerts: Sequence[Alert], settings: Settings, dispatcher: AlertDispatcher | None
-) -> DispatchResult | None:
-    """Send ``alerts`` (None when there are none, or no channel is configured)."""
-    if not alerts:
-        return None
-    if dispatcher is not None:
-        return dispatcher.dispatch(alerts)
-    config = settings.monitoring.alerts
-    channels = build_channels(config)
-    if not channels:
-        log.warning("accuracy_alerts_not_sent", reason="no alert channel configured", n=len(alerts))
-        return None
-    try:
-        store = FileCooldownStore(settings.resolve(config.state_path))
-        return AlertDispatcher(config, channels, store).dispatch(alerts)
-    finally:
-        for channel in channels:
-            close = getattr(channel, "close", None)
-            if close is not None:
-                close()
-
-
-def undelivered(result: DispatchResult | None) -> list[str]:
-    """One line per alert that no channel delivered (a suppressed one was sent before)."""
-    if result is None:
-        return []
-    sent = {delivery.alert.fingerprint for delivery in result.sent}
-    errors: dict[str, list[str]] = {}
-    for failure in result.failed:
-        if failure.alert.fingerprint not in sent:
-            errors.setdefault(failure.alert.title, []).append(failure.error)
-    return [f"alert {title!r} not delivered: {'; '.join(r)}" for title, r in errors.items()]
-
-
-# -- the run -----------------------------------------------------------------------------------
-
-
 @dataclass
 class AccuracyRun:
     """What one accuracy run measured, stored and sent."""
@@ -695,7 +657,12 @@ def run_accuracy(
     watch.lap("score")
     _store(run, settings, registry, tables, registered)
     watch.lap("store")
-    run.dispatch = dispatch_alerts(run.alerts, settings, dispatcher)
+    run.dispatch = dispatch_configured(
+        run.alerts,
+        settings.monitoring.alerts,
+        settings.resolve(settings.monitoring.alerts.state_path),
+        dispatcher,
+    )
     run.sink_errors.extend(undelivered(run.dispatch))
     watch.lap("alert")
     run.metrics_target = publish_metrics(run, settings, metrics)

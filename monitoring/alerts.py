@@ -585,3 +585,47 @@ def _redact(text: str, secret: str) -> str:
 def _describe(exc: BaseException) -> str:
     message = _one_line(str(exc))
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def dispatch_configured(
+    alerts: Sequence[Alert],
+    config: AlertSettings,
+    state_path: Path,
+    dispatcher: AlertDispatcher | None = None,
+) -> DispatchResult | None:
+    """Send ``alerts`` through ``dispatcher`` or the configured channels (None: nothing sent).
+
+    The cooldown state lives in ``state_path``, so it holds across job runs. No channel
+    configured only warns: a job's findings are stored and exported either way.
+    """
+    if not alerts:
+        return None
+    if dispatcher is not None:
+        return dispatcher.dispatch(alerts)
+    channels = build_channels(config)
+    if not channels:
+        log.warning(
+            "alerts_not_sent",
+            reason="no alert channel configured (monitoring.alerts.smtp / slack)",
+            titles=[alert.title for alert in alerts],
+        )
+        return None
+    try:
+        return AlertDispatcher(config, channels, FileCooldownStore(state_path)).dispatch(alerts)
+    finally:
+        for channel in channels:
+            close = getattr(channel, "close", None)
+            if close is not None:
+                close()
+
+
+def undelivered(result: DispatchResult | None) -> list[str]:
+    """One line per alert that no channel delivered (a suppressed one was sent before)."""
+    if result is None:
+        return []
+    sent = {delivery.alert.fingerprint for delivery in result.sent}
+    errors: dict[str, list[str]] = {}
+    for failure in result.failed:
+        if failure.alert.fingerprint not in sent:
+            errors.setdefault(failure.alert.title, []).append(failure.error)
+    return [f"alert {title!r} not delivered: {'; '.join(r)}" for title, r in errors.items()]

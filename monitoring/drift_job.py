@@ -27,7 +27,6 @@ import io
 import time
 import typing
 import uuid
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -48,9 +47,8 @@ from churn_core.tables import Tables
 from monitoring.alerts import (
     Alert,
     AlertDispatcher,
-    DispatchResult,
-    FileCooldownStore,
-    build_channels,
+    dispatch_configured,
+    undelivered,
 )
 from monitoring.drift import (
     DriftStatus,
@@ -149,7 +147,12 @@ def run_drift(
         metrics.mark_success()
     target = metrics.publish(settings.monitoring, settings.resolve(Path(".")))
     alerts = drift_alerts(run)
-    result = dispatch_alerts(alerts, settings, dispatcher)
+    result = dispatch_configured(
+        alerts,
+        settings.monitoring.alerts,
+        settings.resolve(settings.monitoring.alerts.state_path),
+        dispatcher,
+    )
     problems += undelivered(result)
     run = run.model_copy(
         update={
@@ -512,42 +515,3 @@ def alarmed_statistics(feature: FeatureDrift) -> list[str]:
     """The statistics named by ``feature.reasons`` (each reason starts with its statistic)."""
     named = {reason.split(" ", 1)[0] for reason in feature.reasons}
     return [statistic for statistic in _STATISTICS if statistic in named]
-
-
-def dispatch_alerts(
-    alerts: Sequence[Alert], settings: Settings, dispatcher: AlertDispatcher | None = None
-) -> DispatchResult | None:
-    """Send ``alerts`` through ``dispatcher`` or the configured channels (None: nothing sent)."""
-    if not alerts:
-        return None
-    if dispatcher is not None:
-        return dispatcher.dispatch(alerts)
-    config = settings.monitoring.alerts
-    channels = build_channels(config)
-    if not channels:
-        log.warning(
-            "drift_alerts_not_sent",
-            reason="no alert channels (monitoring.alerts.smtp / slack)",
-            drifted=[alert.details.get("feature") for alert in alerts],
-        )
-        return None
-    try:
-        state = FileCooldownStore(settings.resolve(config.state_path))
-        return AlertDispatcher(config, channels, state).dispatch(alerts)
-    finally:
-        for channel in channels:
-            close = getattr(channel, "close", None)
-            if close is not None:
-                close()
-
-
-def undelivered(result: DispatchResult | None) -> list[str]:
-    """One line per alert that reached no channel at all (a partial delivery only warns)."""
-    if result is None:
-        return []
-    delivered = {delivery.alert.fingerprint for delivery in result.sent}
-    problems = []
-    for failure in result.failed:
-        if failure.alert.fingerprint not in delivered:
-            problems.append(f"alert {failure.alert.title!r} not sent: {failure.error}")
-    return problems
