@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test install lint unit integration services benchmark clean
+.PHONY: run test install lint unit integration services benchmark clean lock
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ services:
 
 benchmark: install
 	$(BIN)/python -m benchmarks.train_overhead
+
+# The image's dependency set (Dockerfile), with hashes; tests/unit/test_image.py checks it
+# against pyproject.toml's pins and the tested virtualenv.
+lock: install
+	$(BIN)/uv pip compile pyproject.toml --generate-hashes --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 --no-header --annotation-style line -q -o requirements.lock
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -2,8 +2,9 @@
 
 Each schedule names a cron expression (5 fields, in its ``timezone``, UTC by default), the
 ``churn`` commands it runs in order (``steps``), a timeout and whether it is enabled. The same
-declarations drive ``churn schedule`` on a laptop and the RayCronJobs rendered into
-``kuberay/schedules/``, so the two cannot drift apart.
+declarations drive ``churn schedule`` on a laptop and the RayCronJobs of the Helm chart
+(``kuberay/chart`` reads this file through a link), so the two cannot drift apart; how those
+pods run (image, resources, volumes) is the chart's values.
 
 Cron syntax is restricted to what both evaluators agree on: this module (``cronsim``) and the
 Go ``robfig/cron`` parser that the KubeRay operator and Kubernetes use (numbers, ``*``, ranges,
@@ -137,36 +138,6 @@ class Schedule(BaseModel):
         return " && ".join(command_line(step, env) for step in self.steps)
 
 
-class ResourceSettings(BaseModel):
-    """CPU and memory of one Ray pod (requests = limits: a batch pod gets what it asks)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    cpu: str = "2"
-    memory: str = "4Gi"
-
-
-class KubernetesScheduleSettings(BaseModel):
-    """How the rendered RayCronJobs run: where their settings, secrets and data come from."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    # Non-secret CHURN_* variables and the secret ones (URLs with passwords), both by reference:
-    # the rendered manifests never hold a value.
-    config_map: str = "churn-config"
-    secret: str = "churn-secrets"  # noqa: S105 (the Secret's name, not a secret)
-    # A ReadWriteMany claim holding the lake, the registry and the raw files (configs/k8s.yaml).
-    data_claim: str = "churn-data"
-    data_mount: str = "/data"
-    service_account: str | None = None
-    # The image's non-root user (Ray images use 1000); numeric, so the kubelet can verify it.
-    run_as_user: int = Field(1000, ge=1)
-    head: ResourceSettings = Field(default_factory=ResourceSettings)
-    worker: ResourceSettings = Field(default_factory=ResourceSettings)
-    # How long a finished run's Ray cluster stays for its logs before KubeRay deletes it.
-    ttl_after_finished_s: int = Field(600, ge=0)
-
-
 class ScheduleFile(BaseModel):
     """Everything in ``configs/schedules.yaml``."""
 
@@ -176,7 +147,6 @@ class ScheduleFile(BaseModel):
     state_path: Path = Path("var/schedules/state.json")
     # How long a run asked to stop (timeout, Ctrl-C) gets before it is killed.
     stop_grace_s: float = Field(30.0, ge=0)
-    kubernetes: KubernetesScheduleSettings = Field(default_factory=KubernetesScheduleSettings)
     schedules: dict[str, Schedule]
 
     @model_validator(mode="before")

@@ -8,9 +8,12 @@ current directory), so the same files work on a laptop and in a container.
 
 from __future__ import annotations
 
+import difflib
 import os
+import types
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -601,7 +604,78 @@ def load_settings(env: str | None = None, config_dir: Path | None = None) -> Set
     if env != "base" and not env_file.exists():
         known = sorted(p.stem for p in directory.glob("*.yaml") if p.stem != "base")
         raise ValueError(f"unknown environment {env!r}: no {env_file} (known: {known})")
+    unknown = unknown_setting_variables(os.environ)
+    if unknown:
+        # pydantic-settings drops a misspelt nested variable without a word, so a typo in a
+        # deployment's environment would silently run on the YAML value.
+        raise ValueError("; ".join(unknown))
     data = _deep_merge(_read_yaml(directory / "base.yaml"), _read_yaml(env_file))
     data["env"] = env
     data.setdefault("root", str(Path.cwd()))
     return Settings(**data)
+
+
+ENV_PREFIX = "CHURN_"
+# CHURN_* variables that are not settings: read before settings exist, or by tools.
+NON_SETTING_VARIABLES = frozenset(
+    {
+        "CHURN_ENV",
+        "CHURN_CONFIG_DIR",
+        "CHURN_FAILPOINTS",
+        "CHURN_ACTOR",
+        "CHURN_HEALTHCHECK_URL",
+        "CHURN_KUBERAY_CRDS",
+    }
+)
+
+
+def unknown_setting_variables(names: Iterable[str] | Mapping[str, str]) -> list[str]:
+    """One message per ``CHURN_*`` name that names no setting (with a suggestion if close)."""
+    problems = []
+    for name in names:
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in NON_SETTING_VARIABLES:
+            continue
+        path = upper[len(ENV_PREFIX) :].lower().split("__")
+        if not _names_a_setting(Settings, path):
+            hint = difflib.get_close_matches(upper, _setting_variable_names(), n=1)
+            suggestion = f" (did you mean {hint[0]}?)" if hint else ""
+            problems.append(f"{name} is not a setting{suggestion}")
+    return problems
+
+
+def _names_a_setting(annotation: Any, path: list[str]) -> bool:
+    """Whether ``path`` (lower-case parts) leads to a field under ``annotation``."""
+    if not path:
+        return True
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _names_a_setting(get_args(annotation)[0], path)
+    if origin in (Union, types.UnionType):
+        return any(_names_a_setting(arg, path) for arg in get_args(annotation))
+    if origin is dict:
+        # A mapping's key is free (a source's name); the rest must fit its values.
+        return _names_a_setting(get_args(annotation)[1], path[1:])
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        field = annotation.model_fields.get(path[0])
+        return field is not None and _names_a_setting(field.annotation, path[1:])
+    return False
+
+
+def _setting_variable_names(annotation: Any = None, prefix: str = ENV_PREFIX) -> list[str]:
+    """Every CHURN_* name of a leaf setting (mapping keys shown as ``<NAME>``)."""
+    annotation = Settings if annotation is None else annotation
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _setting_variable_names(get_args(annotation)[0], prefix)
+    if origin in (Union, types.UnionType):
+        return [n for arg in get_args(annotation) for n in _setting_variable_names(arg, prefix)]
+    if origin is dict:
+        return _setting_variable_names(get_args(annotation)[1], f"{prefix}<NAME>__")
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        names = []
+        for key, field in annotation.model_fields.items():
+            below = _setting_variable_names(field.annotation, f"{prefix}{key.upper()}__")
+            names += below or [f"{prefix}{key.upper()}"]
+        return names
+    return []

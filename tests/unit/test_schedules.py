@@ -1,11 +1,10 @@
 """Schedules: declarations and their validation, cron math, the scheduler loop (fake clock and
-runs, no sleeping), real subprocess chains, and the rendered KubeRay RayCronJobs."""
+runs, no sleeping) and real subprocess chains. The RayCronJobs rendered from the same file
+are tested with the Helm chart (tests/unit/test_chart.py)."""
 
 from __future__ import annotations
 
-import copy
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,11 +31,9 @@ from churn_core.schedules import (
     load_schedules,
     shortest_gap,
 )
-from kuberay import render_schedules
 from tests.conftest import REPO_ROOT
 
 SCHEDULES_YAML = REPO_ROOT / "configs" / "schedules.yaml"
-CRD_DIR = REPO_ROOT.parent / "shared" / "kuberay-crds"
 T0 = datetime(2026, 3, 2, 0, 0, tzinfo=UTC)  # a Monday
 
 
@@ -557,185 +554,3 @@ def test_the_churn_runner_passes_the_environment_and_options() -> None:
     argv = runner.argv(("models", "list"))
     assert argv[0] == sys.executable
     assert argv[3:] == ["--env", "test", "--dataset", "telco", "models", "list"]
-
-
-# --- the rendered RayCronJobs ---------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def rendered(committed: ScheduleFile) -> dict[str, str]:
-    return render_schedules.render(committed)
-
-
-@pytest.fixture(scope="module")
-def manifests(rendered: dict[str, str]) -> dict[str, dict[str, Any]]:
-    return {name: yaml.safe_load(text) for name, text in rendered.items()}
-
-
-def containers(manifest: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    cluster = manifest["spec"]["jobTemplate"]["rayClusterSpec"]
-    groups = [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]
-    for group in groups:
-        yield from group["template"]["spec"]["containers"]
-
-
-def test_the_committed_manifests_are_current(rendered: dict[str, str]) -> None:
-    stale = render_schedules.stale_files(render_schedules.OUT_DIR, rendered)
-    assert stale == [], f"stale {stale}: run `python -m kuberay.render_schedules`"
-
-
-def test_every_schedule_is_one_raycronjob_with_the_same_timing(
-    committed: ScheduleFile, manifests: dict[str, dict[str, Any]]
-) -> None:
-    assert set(manifests) == {f"{name}.yaml" for name in committed.schedules}
-    for s in committed.schedules.values():
-        manifest = manifests[f"{s.name}.yaml"]
-        spec, job = manifest["spec"], manifest["spec"]["jobTemplate"]
-        assert (manifest["apiVersion"], manifest["kind"]) == ("ray.io/v1", "RayCronJob")
-        assert manifest["metadata"]["name"] == s.name
-        assert (spec["schedule"], spec["timeZone"], spec["suspend"]) == (
-            s.cron,
-            s.timezone,
-            not s.enabled,
-        )
-        assert job["activeDeadlineSeconds"] == s.timeout_s
-        assert job["entrypoint"] == " && ".join(
-            "churn --env k8s " + " ".join(step) for step in s.steps
-        )
-        assert job["shutdownAfterJobFinishes"] is True and job["backoffLimit"] == 0
-        workers = job["rayClusterSpec"].get("workerGroupSpecs", [])
-        assert sum(group["replicas"] for group in workers) == s.ray_workers
-
-
-def test_settings_and_secrets_come_by_reference_only(
-    committed: ScheduleFile, manifests: dict[str, dict[str, Any]]
-) -> None:
-    k8s = committed.kubernetes
-    for manifest in manifests.values():
-        for container in containers(manifest):
-            assert "env" not in container
-            assert container["envFrom"] == [
-                {"configMapRef": {"name": k8s.config_map}},
-                {"secretRef": {"name": k8s.secret}},
-            ]
-            assert container["securityContext"]["allowPrivilegeEscalation"] is False
-            assert container["securityContext"]["privileged"] is False
-            assert container["resources"]["requests"] == container["resources"]["limits"]
-
-
-def test_the_image_is_a_parameter(committed: ScheduleFile) -> None:
-    files = render_schedules.render(committed, image="registry.example/churn:1.2.3")
-    for text in files.values():
-        for container in containers(yaml.safe_load(text)):
-            assert container["image"] == "registry.example/churn:1.2.3"
-    default = render_schedules.render(committed)
-    tag = render_schedules.DEFAULT_IMAGE.rsplit(":", 1)[1]
-    assert tag and tag != "latest"
-    assert all(render_schedules.DEFAULT_IMAGE in text for text in default.values())
-
-
-def test_a_disabled_schedule_is_rendered_suspended(tmp_path: Path) -> None:
-    path = write_yaml(
-        tmp_path,
-        {"drift": {"cron": "0 * * * *", "steps": [["drift"]], "timeout_s": 60, "enabled": False}},
-    )
-    (text,) = render_schedules.render(load_schedules(path)).values()
-    assert yaml.safe_load(text)["spec"]["suspend"] is True
-
-
-def test_check_mode_finds_stale_missing_and_extra_files(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    assert render_schedules.main(["--out", str(out)]) == 0
-    assert render_schedules.main(["--out", str(out), "--check"]) == 0
-    (out / "drift.yaml").write_text("edited by hand\n")
-    (out / "gone.yaml").write_text("old\n")
-    (out / "backup.yaml").unlink()
-    assert render_schedules.stale_files(out, render_schedules.render(load_schedules())) == [
-        "backup.yaml",
-        "drift.yaml",
-        "gone.yaml",
-    ]
-    assert render_schedules.main(["--out", str(out), "--check"]) == 1
-    render_schedules.main(["--out", str(out)])
-    assert not (out / "gone.yaml").exists()
-
-
-# Offline validation against the KubeRay CRD (no API server can run here). The CRD's schema is
-# made strict (no unknown fields) so a typo fails here instead of being pruned by the server.
-
-
-def strict(schema: Any) -> Any:
-    """The CRD's OpenAPI schema as JSON Schema, with unknown fields rejected."""
-    if isinstance(schema, list):
-        return [strict(item) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {k: strict(v) for k, v in schema.items() if not k.startswith("x-kubernetes-")}
-    if schema.get("x-kubernetes-int-or-string"):
-        out.pop("type", None)
-        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
-    if (
-        "properties" in schema
-        and "additionalProperties" not in schema
-        and not schema.get("x-kubernetes-preserve-unknown-fields")
-    ):
-        out["additionalProperties"] = False
-    return out
-
-
-@pytest.fixture(scope="module")
-def raycronjob_schema() -> dict[str, Any]:
-    crd_path = CRD_DIR / "ray.io_raycronjobs.yaml"
-    if not crd_path.exists():
-        pytest.skip(f"KubeRay CRDs not found at {CRD_DIR}")
-    crd = yaml.safe_load(crd_path.read_text())
-    (served,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
-    schema: dict[str, Any] = strict(served["schema"]["openAPIV3Schema"])
-    schema["required"] = ["apiVersion", "kind", "metadata", "spec"]
-    return schema
-
-
-def validation_errors(schema: dict[str, Any], manifest: dict[str, Any]) -> list[str]:
-    from jsonschema import Draft7Validator
-
-    return [
-        f"{'.'.join(str(p) for p in e.absolute_path)}: {e.message}"
-        for e in Draft7Validator(schema).iter_errors(manifest)
-    ]
-
-
-def test_the_manifests_match_the_kuberay_crd(
-    raycronjob_schema: dict[str, Any], manifests: dict[str, dict[str, Any]]
-) -> None:
-    for name, manifest in manifests.items():
-        assert validation_errors(raycronjob_schema, manifest) == [], name
-
-
-@pytest.mark.parametrize(
-    ("path", "value", "says"),
-    [
-        (("spec", "jobTemplate", "activeDeadlineSeconds"), "3h", "is not of type 'integer'"),
-        (("spec", "concurrencyPolicy"), "Forbid", "Additional properties are not allowed"),
-        (
-            ("spec", "jobTemplate", "rayClusterSpec", "workerGroupSpecs", 0, "groupName"),
-            None,
-            "'groupName' is a required property",
-        ),
-    ],
-)
-def test_the_crd_check_catches_a_broken_manifest(
-    raycronjob_schema: dict[str, Any],
-    manifests: dict[str, dict[str, Any]],
-    path: tuple[str | int, ...],
-    value: Any,
-    says: str,
-) -> None:
-    broken = copy.deepcopy(manifests["retrain.yaml"])
-    parent = broken
-    for key in path[:-1]:
-        parent = parent[key]
-    if value is None:
-        del parent[path[-1]]
-    else:
-        parent[path[-1]] = value
-    assert any(says in error for error in validation_errors(raycronjob_schema, broken))
