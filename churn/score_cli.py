@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
+    from churn_core.business import SegmentBusiness
     from churn_core.job_metrics import JobMetrics
     from churn_core.registry import Registry
     from churn_core.settings import Settings
@@ -41,6 +42,8 @@ class ScoreRun:
     postgres: PublishSummary | None
     logged: PublishSummary | None
     seconds: float
+    # The whole base first, then each segment (empty when the contract declares no business).
+    business: list[SegmentBusiness]
 
 
 def write_scores(s: Settings, plan: ScoringPlan, engine: Engine, force: bool) -> WriteSummary:
@@ -113,7 +116,10 @@ def run_score(
         write = write_scores(s, plan, chosen, force)
     failpoint(FAILPOINT_AFTER_COMMIT)
     upserted, logged = publish(s, plan, postgres, log)
-    run = ScoreRun(plan, write, upserted, logged, time.perf_counter() - started)
+    from pipelines.scoring_business import slice_business_metrics
+
+    business = slice_business_metrics(plan)
+    run = ScoreRun(plan, write, upserted, logged, time.perf_counter() - started, business)
     _record(job, run)
     cli._publish(s, job)
     _summary(run)
@@ -129,6 +135,23 @@ def _record(job: JobMetrics, run: ScoreRun) -> None:
         job.rows("postgres_changed", run.postgres.changed)
     if run.logged is not None:
         job.rows("logged", run.logged.changed)
+    _record_business(job, run.business)
+
+
+def _record_business(job: JobMetrics, rows: list[SegmentBusiness]) -> None:
+    """One gauge per business metric, labelled by segment (``all`` for the whole base)."""
+    if not rows:
+        return
+    from churn_core.business import METRICS
+
+    gauges = {
+        field: job.gauge(name, documentation, ["segment"])
+        for field, (name, documentation) in METRICS.items()
+    }
+    for row in rows:
+        values = row.as_dict()
+        for field, gauge in gauges.items():
+            gauge.labels(row.segment).set(float(values[field]))
 
 
 def _summary(run: ScoreRun) -> None:
@@ -158,6 +181,11 @@ def _summary(run: ScoreRun) -> None:
         counts["log_s"] = f"{run.logged.seconds:.1f}"
     else:
         counts["logged"] = "off"
+    if run.business:
+        base = run.business[0]
+        counts["churn_rate"] = f"{base.predicted_churn_rate:.1%}"
+        counts["revenue_at_risk"] = f"{base.revenue_at_risk:,.0f}/month"
+        counts["campaign"] = base.campaign_size
     cli._done("score", run.seconds, **counts)
 
 

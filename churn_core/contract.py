@@ -218,6 +218,16 @@ class ReportSpec(_Strict):
     min_class_rows: int = Field(5, ge=1)
 
 
+class BusinessSpec(_Strict):
+    """What the business metrics of batch scoring weigh and slice by."""
+
+    # A customer's monthly revenue (a numeric feature): revenue at risk is the sum over
+    # customers of revenue x probability of churn.
+    revenue: str
+    # The slices reported besides the whole base; the report's segments when not given.
+    segments: list[SegmentSpec] | None = None
+
+
 class FeatureContract(_Strict):
     """A whole data set's contract."""
 
@@ -229,6 +239,7 @@ class FeatureContract(_Strict):
     label: LabelSpec
     features: list[FeatureSpec] = Field(min_length=1)
     report: ReportSpec | None = None
+    business: BusinessSpec | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> FeatureContract:
@@ -279,6 +290,36 @@ class FeatureContract(_Strict):
                 # One segment per distinct value of a continuous feature would be thousands.
                 raise ValueError(f"report: numeric segment {segment.label!r} needs bins")
         return self
+
+    @model_validator(mode="after")
+    def _business_names_features(self) -> FeatureContract:
+        if self.business is None:
+            return self
+        names = set(self.feature_names)
+        if (
+            self.business.revenue not in names
+            or self.feature(self.business.revenue).type != "numeric"
+        ):
+            raise ValueError(
+                f"business: revenue {self.business.revenue!r} is not a numeric feature"
+            )
+        for segment in self.business.segments or []:
+            if segment.column not in names:
+                raise ValueError(f"business: segment column {segment.column!r} is not a feature")
+            if (self.feature(segment.column).type == "numeric") != bool(segment.bins):
+                raise ValueError(
+                    f"business: segment {segment.label!r} needs bins exactly when it is numeric"
+                )
+        return self
+
+    @property
+    def business_segments(self) -> list[SegmentSpec]:
+        """The business metrics' segments: their own, else the evaluation report's."""
+        if self.business is None:
+            return []
+        if self.business.segments is not None:
+            return self.business.segments
+        return self.report.segments if self.report else []
 
     @property
     def entity_source_name(self) -> str:

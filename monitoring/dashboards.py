@@ -38,6 +38,8 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common, dashboard
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
+from churn_core.business import ALL as ALL_SEGMENTS
+from churn_core.business import METRICS as BUSINESS_METRICS
 from churn_core.contract import FeatureContract, load_contract
 from churn_core.job_metrics import DURATION, LAST_SUCCESS, QUARANTINED_ROWS, ROWS
 from monitoring.drift import DriftStatus, DriftThresholds, load_thresholds
@@ -469,10 +471,70 @@ def _accuracy_panels(thresholds: DriftThresholds) -> list[StatPanel | Timeseries
     ]
 
 
+def _business(field: str, segment: str = "") -> str:
+    name = BUSINESS_METRICS[field][0]
+    return (
+        f"{name}{{segment={_label(segment)}}}"
+        if segment
+        else f'{name}{{segment!="{ALL_SEGMENTS}"}}'
+    )
+
+
+def _business_panels() -> list[StatPanel | TablePanel]:
+    """The latest batch scoring's churn rate, revenue at risk and campaign, overall and by segment."""
+    stats = [
+        _stat(
+            "Predicted churn rate",
+            "Mean predicted probability of churn over every customer of the latest scored snapshot.",
+            _query(_business("predicted_churn_rate", ALL_SEGMENTS), "churn rate"),
+            unit="percentunit",
+        ),
+        _stat(
+            "Revenue at risk (monthly)",
+            "Sum over customers of monthly revenue x probability of churn.",
+            _query(_business("revenue_at_risk", ALL_SEGMENTS), "revenue at risk"),
+        ),
+        _stat(
+            "Retention campaign size",
+            "Customers at or above the model's threshold: whom a retention campaign would contact.",
+            _query(_business("campaign_size", ALL_SEGMENTS), "customers"),
+        ),
+        _stat(
+            "Campaign revenue at risk",
+            "Revenue at risk of the customers the campaign targets.",
+            _query(_business("campaign_revenue_at_risk", ALL_SEGMENTS), "revenue at risk"),
+        ),
+    ]
+    fields = ["customers", "predicted_churn_rate", "revenue_at_risk", "campaign_size"]
+    refs = "ABCD"
+    organize = {
+        "excludeByName": {"Time": True, "__name__": True, "instance": True, "job": True},
+        "renameByName": {
+            f"Value #{ref}": field.replace("_", " ")
+            for ref, field in zip(refs, fields, strict=True)
+        },
+        "indexByName": {"segment": 0} | {f"Value #{r}": i + 1 for i, r in enumerate(refs)},
+    }
+    table = (
+        TablePanel()
+        .title("Business metrics by segment")
+        .description("The latest scored snapshot per segment of the contract's business section.")
+        .datasource(_datasource())
+        .span(_GRID_WIDTH)
+        .height(10)
+        .with_transformation(dashboard.DataTransformerConfig(id_val="merge", options={}))
+        .with_transformation(dashboard.DataTransformerConfig(id_val="organize", options=organize))
+    )
+    for ref, field in zip(refs, fields, strict=True):
+        table = table.with_target(_query(_business(field), ref_id=ref, table=True))
+    return [*stats, table]
+
+
 def model_quality_dashboard(
     contract: FeatureContract, thresholds: DriftThresholds | None = None
 ) -> JSON:
-    """Accuracy and drift: ROC-AUC, drift table, score drift and one PSI panel per feature."""
+    """Accuracy and drift (ROC-AUC, drift table, score drift), the business metrics of the latest
+    batch scoring, and one PSI panel per feature."""
     limits = thresholds or DriftThresholds()
     builder = _base(
         MODEL_QUALITY_UID,
@@ -481,7 +543,10 @@ def model_quality_dashboard(
     ).with_row(Row("Accuracy and drift"))
     for panel in _accuracy_panels(limits):
         builder = builder.with_panel(panel)
-    builder = builder.with_panel(_drift_table()).with_row(Row("PSI by feature"))
+    builder = builder.with_panel(_drift_table()).with_row(Row("Business (latest batch scoring)"))
+    for business_panel in _business_panels():
+        builder = builder.with_panel(business_panel)
+    builder = builder.with_row(Row("PSI by feature"))
     for feature in contract.features:
         builder = builder.with_panel(_psi_panel(feature.name, feature.description, limits))
     return _to_json(builder)

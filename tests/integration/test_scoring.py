@@ -377,6 +377,36 @@ def test_batch_predictions_are_logged_once(world: World, ray_cluster: None) -> N
     np.testing.assert_allclose(rows["probability"], scored["probability"], rtol=0, atol=0)
 
 
+def test_business_metrics_are_published_from_the_committed_slice(
+    world: World, ray_cluster: None
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    run = score(world, postgres=False, log=False)
+    scored = slice_rows(world, run.plan.snapshot, run.plan.model.version).to_pandas()
+    gold = gold_rows(world, run.plan.snapshot)[["customer_id", "monthly_fee", "contract_type"]]
+    merged = scored.merge(gold, on="customer_id", validate="one_to_one")
+    assert len(merged) == run.plan.rows
+
+    prom = world.settings.monitoring.metrics_dir / "churn-score.prom"
+    samples = {
+        (s.name, s.labels["segment"]): s.value
+        for family in text_string_to_metric_families(prom.read_text())
+        for s in family.samples
+        if "segment" in s.labels
+    }
+    risk = (merged["monthly_fee"] * merged["probability"]).sum()
+    assert samples[("churn_business_revenue_at_risk", "all")] == pytest.approx(risk)
+    assert samples[("churn_business_customers", "all")] == run.plan.rows
+    targeted = merged["probability"] >= run.plan.threshold
+    assert samples[("churn_business_campaign_size", "all")] == int(targeted.sum())
+    monthly = merged[merged["contract_type"] == "month_to_month"]
+    assert samples[
+        ("churn_business_predicted_churn_rate", "contract_type=month_to_month")
+    ] == pytest.approx(monthly["probability"].mean())
+    assert run.business[0].revenue_at_risk == pytest.approx(risk)
+
+
 # --- a contract without snapshots --------------------------------------------------------------------
 
 

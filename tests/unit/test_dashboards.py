@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from churn_core import job_metrics
+from churn_core import business, job_metrics
 from churn_core.contract import FeatureContract, load_contract
 from churn_core.prediction_log import PredictionLogWriter
 from churn_core.settings import PredictionLogSettings
@@ -26,12 +26,16 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 GRAFANA_DIR = REPO_ROOT / "monitoring" / "grafana"
 
 # Metrics exported outside the API: drift and accuracy checks, pipeline jobs.
-MONITORING_METRICS = {
-    "churn_drift_psi",
-    "churn_drift_js_distance",
-    "churn_drift_status",
-    "churn_model_roc_auc",
-} | set(job_metrics.METRIC_NAMES)
+MONITORING_METRICS = (
+    {
+        "churn_drift_psi",
+        "churn_drift_js_distance",
+        "churn_drift_status",
+        "churn_model_roc_auc",
+    }
+    | set(job_metrics.METRIC_NAMES)
+    | {name for name, _ in business.METRICS.values()}
+)
 # Everything in a PromQL expression that is not a metric name.
 PROMQL_WORDS = {
     "sum",
