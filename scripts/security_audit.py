@@ -224,7 +224,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{len(report.findings)} known vulnerabilities, {len(open_findings)} not allowed"
             )
 
-    found = scan_secrets(REPO_ROOT, tracked_files(REPO_ROOT))
+    # The baseline holds hashes of the reviewed fixtures: hex strings the scanner would flag.
+    baseline = str(SECRETS_BASELINE.relative_to(REPO_ROOT))
+    found = scan_secrets(REPO_ROOT, [f for f in tracked_files(REPO_ROOT) if f != baseline])
     if args.update_secrets_baseline:
         write_baseline(SECRETS_BASELINE, found)
         print(f"audit: {len(found)} findings recorded in {SECRETS_BASELINE.relative_to(REPO_ROOT)}")
