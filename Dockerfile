@@ -9,6 +9,15 @@
 # Base images are pinned by exact version; add the digests your registry mirrors
 # (`docker buildx imagetools inspect python:3.11.7-slim-bookworm`) for byte-for-byte builds.
 ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
+ARG NODE_IMAGE=node:20.20.2-bookworm-slim
+
+# --- the web dashboard's static build (served by the API under /ui) ------------------------
+FROM ${NODE_IMAGE} AS dashboard
+WORKDIR /src/dashboard
+COPY dashboard/package.json dashboard/package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY dashboard/ ./
+RUN npm run build
 
 # --- dependencies and the project, into a virtualenv copied whole into the runtime ----------
 FROM ${PYTHON_IMAGE} AS build
@@ -49,6 +58,7 @@ RUN useradd --uid 1000 --gid 100 --create-home --shell /bin/bash ray \
  && chown 1000:100 /app /data
 COPY --from=build /opt/venv /opt/venv
 COPY --chown=1000:100 configs /app/configs
+COPY --from=dashboard --chown=1000:100 /src/dashboard/dist /app/dashboard/dist
 ENV PATH=/opt/venv/bin:$PATH \
     VIRTUAL_ENV=/opt/venv \
     PYTHONUNBUFFERED=1 \

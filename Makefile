@@ -4,7 +4,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test install lint audit unit integration services benchmark clean lock
+.PHONY: run test install lint audit unit integration services benchmark clean lock dashboard dashboard-test
+
+# The web dashboard (dashboard/: React, Vite, npm). Its dependencies are installed from the
+# committed lock file again only when package.json or the lock changed.
+DASHBOARD_STAMP := dashboard/node_modules/.installed-stamp
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,10 +18,22 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-run: install services
+$(DASHBOARD_STAMP): dashboard/package.json dashboard/package-lock.json
+	cd dashboard && npm ci --no-audit --no-fund
+	touch $(DASHBOARD_STAMP)
+
+# Type-check and build the static files the API serves under /ui (dashboard/dist).
+dashboard: $(DASHBOARD_STAMP)
+	cd dashboard && npm run build
+
+# The dashboard's unit tests (Vitest); its browser tests run in pytest against the served app.
+dashboard-test: dashboard
+	cd dashboard && npm test
+
+run: install services dashboard
 	$(BIN)/churn run
 
-test: install services lint audit
+test: install services lint audit dashboard-test
 	$(BIN)/pytest
 
 lint: install
@@ -50,4 +66,4 @@ lock: install
 	  --python-platform x86_64-manylinux_2_28 --no-header --annotation-style line -q -o requirements.lock
 
 clean:
-	rm -rf var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache dashboard/dist dashboard/node_modules

@@ -117,7 +117,7 @@ def accuracy_command(
     started = time.perf_counter()
     with (
         cli.console.status("accuracy: prediction log + labels"),
-        open_registry(s.registry, s.resolve) as registry,
+        open_registry(s.registry, s.resolve, encryption=s.encryption) as registry,
     ):
         run = run_accuracy(s, registry, Tables(s.dataset_lake), now=_utc(now))
     if run.rows:

@@ -79,13 +79,21 @@ def _list_backups(store: BackupStore) -> None:
     from churn_core.backup.manifest import BackupError
 
     table = Table(
-        "id", "created (UTC)", "size", "files", "delta", "models", "code", title=store.description
+        "id",
+        "created (UTC)",
+        "size",
+        "files",
+        "delta",
+        "models",
+        "code",
+        "key",
+        title=store.description,
     )
     for backup_id in store.ids():
         try:
             m = store.manifest(backup_id)
         except BackupError as error:
-            table.add_row(backup_id, "-", "-", "-", "-", f"[red]{error}[/red]", "-")
+            table.add_row(backup_id, "-", "-", "-", "-", f"[red]{error}[/red]", "-", "-")
             continue
         versions = sum(len(x.versions) for x in (m.registry.models.values() if m.registry else []))
         table.add_row(
@@ -96,6 +104,7 @@ def _list_backups(store: BackupStore) -> None:
             str(len(m.delta)),
             str(versions),
             m.code_version[:10],
+            m.encryption.key_id if m.encryption else "-",
         )
     cli.console.print(table)
     for folder in store.incomplete():
@@ -131,13 +140,20 @@ def backup_command(
         backup_id = store.resolve(verify)
         with _progress() as progress:
             manifest = store.verify(backup_id, s.backup.workers, RichReporter(progress))
+        if manifest.encryption is None:
+            result = "ok"
+        elif store.keyring is None:
+            # Still worth running: it finds missing, truncated or bit-rotted files.
+            result = "ok (ciphertext checksums only: no encryption key configured)"
+        else:
+            result = f"ok (decrypted with key {manifest.encryption.key_id})"
         cli._done(
             "verify",
             time.perf_counter() - started,
             backup=backup_id,
             files=len(manifest.files),
             bytes=human_bytes(manifest.total_bytes),
-            result="ok",
+            result=result,
         )
         return
     with _progress() as progress:
@@ -172,6 +188,13 @@ def restore_command(
         Path | None,
         typer.Option(help="Also write the backed-up configs (secrets redacted) into this folder."),
     ] = None,
+    allow_unencrypted: Annotated[
+        bool,
+        typer.Option(
+            help="Restore an unencrypted backup although encryption.backups is on "
+            "(one taken before encryption was switched on)."
+        ),
+    ] = False,
 ) -> None:
     """Rebuild every store from a backup (checksums verified first), into empty stores."""
     from churn import cli
@@ -186,6 +209,7 @@ def restore_command(
             create_databases=create_databases,
             configs_to=configs_to,
             reporter=RichReporter(progress),
+            allow_unencrypted=allow_unencrypted,
         )
     versions = ",".join(f"{name}@v{v}" for name, v in summary.delta_versions.items()) or "-"
     cli._done(

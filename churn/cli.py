@@ -55,6 +55,7 @@ def _stop_on_signals() -> None:
 
 @app.callback()
 def main_options(
+    ctx: typer.Context,
     env: Annotated[str | None, typer.Option(help="Environment (configs/<env>.yaml).")] = None,
     dataset: Annotated[str | None, typer.Option(help="Contract name in configs/contracts.")] = None,
     raw_dir: Annotated[Path | None, typer.Option(help="Folder holding the raw sources.")] = None,
@@ -66,7 +67,7 @@ def main_options(
     }
     from pydantic import ValidationError
 
-    from churn_core.logging import configure_logging
+    from churn_core.logging import configure_from_settings, job_fields
     from churn_core.settings import load_settings
 
     try:
@@ -80,7 +81,13 @@ def main_options(
     except ValueError as error:
         errors.print(f"[red]churn: bad settings:[/red] {error}")
         raise typer.Exit(2) from None
-    configure_logging(base.log_level, base.log_json)
+    # One job per process: its name and run id (the scheduler's CHURN_JOB_ID, else a new
+    # one) go on every line, including those of the Ray workers it starts.
+    configure_from_settings(
+        base.model_copy(update=_State.overrides) if _State.overrides else base,
+        "cli",
+        **job_fields(ctx.invoked_subcommand or "churn"),
+    )
     # For every command, from the start: long jobs hold Ray and Spark, which their context
     # managers release only if the interrupt arrives as an exception.
     _stop_on_signals()
@@ -228,7 +235,7 @@ def run_train(s: Settings) -> None:
     job = _job("churn-train")
     with (
         console.status("train: Ray Train XGBoost (2 workers)"),
-        open_registry(s.registry, s.resolve) as registry,
+        open_registry(s.registry, s.resolve, encryption=s.encryption) as registry,
     ):
         summary = train_and_register(
             s, load_contract(s.contract_path), Tables(s.dataset_lake), registry
@@ -274,7 +281,7 @@ def run_tune(s: Settings) -> None:
     lineage = {"tune": {"experiment": str(result.path), "best_params": result.best_params}}
     with (
         console.status("train: best configuration with Ray Train"),
-        open_registry(s.registry, s.resolve) as registry,
+        open_registry(s.registry, s.resolve, encryption=s.encryption) as registry,
     ):
         summary = train_and_register(tuned, contract, tables, registry, extra_lineage=lineage)
     m = summary.version.metrics
@@ -298,7 +305,7 @@ def curl_examples(base_url: str, s: Settings, client: tuple[str, str] = LOCAL_CL
     from churn_core.registry import open_registry
     from churn_core.tables import Tables
 
-    with open_registry(s.registry, s.resolve) as registry:
+    with open_registry(s.registry, s.resolve, encryption=s.encryption) as registry:
         contract = registry.load_model(s.model_name, s.serve.alias).contract
     example = _example_features(Tables(s.dataset_lake), contract)
     customer_id = example.pop("__key")
@@ -444,8 +451,11 @@ def run_command(
         int | None, typer.Option(help="Sample size (sample data set only).")
     ] = None,
     serve: Annotated[bool, typer.Option(help="Serve the model at the end.")] = True,
+    score: Annotated[
+        bool, typer.Option(help="Score the latest snapshot and check drift after training.")
+    ] = True,
 ) -> None:
-    """Everything, end to end: generate, ingest, features, train, serve."""
+    """Everything, end to end: generate, ingest, features, train, score, drift, serve."""
     from churn_core.ray_runtime import ray_session
 
     s = settings()
@@ -464,9 +474,36 @@ def run_command(
 
     with ray_session(s.ray, serve_environment(s.serve, s.resolve(Path("var")))):
         run_train(s)
+        if score:
+            run_score_and_drift(s)
         console.print(f"pipeline finished in {time.perf_counter() - started:.1f} s")
         if serve:
             serve_forever(s)
+
+
+def run_score_and_drift(s: Settings) -> None:
+    """Score the latest snapshot with the champion, then check those scores for drift.
+
+    What the dashboard's customers and drift pages show (``churn score``, ``churn drift``).
+    """
+    from churn.score_cli import run_score
+    from churn_core.registry import open_registry
+    from churn_core.tables import Tables
+    from monitoring.drift_job import run_drift
+
+    run_score(s)
+    with (
+        console.status("drift: reference vs prediction log"),
+        open_registry(s.registry, s.resolve, encryption=s.encryption) as registry,
+    ):
+        drift = run_drift(s, registry, Tables(s.dataset_lake))
+    _done(
+        "drift",
+        drift.seconds,
+        features=len(drift.features),
+        drifted=",".join(drift.drifted) or "-",
+        rows=drift.n_current,
+    )
 
 
 def _materialize_if_configured(s: Settings) -> None:
@@ -521,10 +558,12 @@ _mount_operations()
 
 def _mount_models_app() -> None:
     from churn.auth_cli import auth_app
+    from churn.encryption_cli import encryption_app
     from churn.models_cli import app as models_app
 
     app.add_typer(models_app, name="models")
     app.add_typer(auth_app, name="auth")
+    app.add_typer(encryption_app, name="encryption")
 
 
 _mount_models_app()

@@ -55,7 +55,7 @@ def drift_command(
     s = cli.settings()
     with (
         cli.console.status("drift: reference vs prediction log"),
-        open_registry(s.registry, s.resolve) as registry,
+        open_registry(s.registry, s.resolve, encryption=s.encryption) as registry,
     ):
         run = run_drift(s, registry, Tables(s.dataset_lake), now=now, window_hours=window_hours)
     cli.console.print(drift_table(run))

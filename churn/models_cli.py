@@ -40,7 +40,7 @@ def _registry() -> Iterator[tuple[Registry, str]]:
     from churn_core.registry import open_registry
 
     s = cli.settings()
-    with open_registry(s.registry, s.resolve) as registry:
+    with open_registry(s.registry, s.resolve, encryption=s.encryption) as registry:
         yield registry, s.model_name
 
 

@@ -105,7 +105,7 @@ def run_score(
     job = cli._job("churn-score")
     started = time.perf_counter()
     chosen = engine or Engine(s.scoring.engine)
-    with open_registry(s.registry, s.resolve) as registry:
+    with open_registry(s.registry, s.resolve, encryption=s.encryption) as registry:
         plan = plan_run(s, registry, snapshot)
     cli.console.print(
         f"score: {plan.model.name} v{plan.model.version} ({s.scoring.alias}) on gold "

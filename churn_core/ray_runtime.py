@@ -8,7 +8,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
-from churn_core.logging import get_logger
+from churn_core.logging import get_logger, ray_worker_hook
 from churn_core.settings import RaySettings
 
 log = get_logger(__name__)
@@ -43,8 +43,14 @@ def ray_session(
     os.environ.update(environment or {})
     # Ray Data's per-operator progress bars flood logs of non-interactive runs.
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    # Every worker of this job (Train, Tune, Data) logs as the driver does: same JSON lines,
+    # same file template, the driver's job and job_id (Ray keeps worker stderr in its files).
+    hook = ray_worker_hook()
+    runtime_env: dict[str, object] | None = (
+        {"worker_process_setup_hook": hook} if hook is not None else None
+    )
     if settings.address:
-        ray.init(address=settings.address, log_to_driver=False)
+        ray.init(address=settings.address, log_to_driver=False, runtime_env=runtime_env)
     else:
         metrics_port = settings.metrics_export_port
         if metrics_port is not None:
@@ -64,6 +70,7 @@ def ray_session(
             _metrics_export_port=metrics_port,
             log_to_driver=False,
             configure_logging=False,
+            runtime_env=runtime_env,
         )
     try:
         yield

@@ -6,7 +6,9 @@ Serving and scoring resolve an alias (``champion``), never a path. Storage is sp
 
 * **artifacts** on any pyarrow file system (:class:`ArtifactStore`): a local folder by default,
   ``s3://bucket/prefix`` and friends by settings. Each file is written under a temporary name
-  and then moved into place; its sha256 is recorded and checked on every read.
+  and then moved into place; its sha256 is recorded and checked on every read. With
+  ``encryption.registry`` on, files are stored encrypted (AES-256-GCM, ``churn_core.encryption``)
+  and the sha256 is the plaintext's, checked after decryption.
 * **metadata** in a :class:`MetadataStore`: JSON files (:class:`FileMetadataStore`, the
   embedded default, no server needed) or MongoDB through plain pymongo
   (:class:`MongoMetadataStore`: collections ``model_versions``, ``aliases``, ``alias_events``,
@@ -56,6 +58,16 @@ import pyarrow.fs as pafs
 from pydantic import BaseModel, ConfigDict, Field
 
 from churn_core.contract import FeatureContract, parse_contract
+from churn_core.encryption import (
+    EncryptionError,
+    FileKey,
+    KeyRing,
+    decrypt_bytes,
+    encrypt_bytes,
+    is_encrypted,
+    load_keyring,
+    read_file_key,
+)
 from churn_core.model import ChurnModel
 from churn_core.promotion import (
     GateResult,
@@ -69,7 +81,7 @@ if TYPE_CHECKING:
     from pymongo.collection import Collection
     from pymongo.database import Database
 
-    from churn_core.settings import RegistrySettings
+    from churn_core.settings import EncryptionSettings, RegistrySettings, TlsSettings
 
 ARTIFACT_NAME = "model.ubj"
 CONTRACT_NAME = "contract.yaml"
@@ -325,18 +337,56 @@ def _fsync_path(path: str, directory: bool = False) -> None:
 
 
 class ArtifactStore:
-    """A version's files on a pyarrow file system, written atomically and read verified."""
+    """A version's files on a pyarrow file system, written atomically and read verified.
 
-    def __init__(self, filesystem: pafs.FileSystem, base: str, description: str) -> None:
+    With ``encrypt`` every file is written encrypted (``churn_core.encryption``: a data key per
+    file wrapped by the key ring's active key, bound to ``<folder>/<file>``). Reading decrypts
+    any encrypted file whatever ``encrypt`` says, so versions written before encryption was
+    switched on (or off) stay readable. The recorded sha256 and size are the *plaintext's*:
+    they identify the registered content, which must not change when keys rotate or encryption
+    is switched on, and they are checked after decryption, end to end; the ciphertext is
+    authenticated by AES-GCM itself.
+
+    Pickled (a scoring worker's closure), the store leaves its key ring behind: workers get
+    the :class:`~churn_core.encryption.FileKey` of the one file they read (:meth:`file_key`).
+    """
+
+    def __init__(
+        self,
+        filesystem: pafs.FileSystem,
+        base: str,
+        description: str,
+        *,
+        keyring: KeyRing | None = None,
+        encrypt: bool = False,
+    ) -> None:
+        if encrypt and keyring is None:
+            raise RegistryError(
+                "encryption.registry is on but no encryption key is configured "
+                "(set CHURN_ENCRYPTION__KEYS or encryption.keys_file)"
+            )
         self.filesystem = filesystem
         self.base = base.rstrip("/")
         self.description = description
+        self.keyring = keyring
+        self.encrypt = encrypt
         # pyarrow does not fsync; on a local disk we do, so a committed version survives a
         # power cut (object stores are durable once a write returns).
         self._local = isinstance(filesystem, pafs.LocalFileSystem)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Key-encryption keys never travel: a KeyRing refuses to be pickled anyway.
+        return {**self.__dict__, "keyring": None}
+
+    @staticmethod
+    def encryption_name(directory: str, filename: str) -> str:
+        """The logical name an artifact is encrypted under (moved elsewhere, it fails)."""
+        return f"churn-artifact:{directory}/{filename}"
+
     @classmethod
-    def from_uri(cls, uri: str) -> ArtifactStore:
+    def from_uri(
+        cls, uri: str, *, keyring: KeyRing | None = None, encrypt: bool = False
+    ) -> ArtifactStore:
         """A store at a pyarrow URI (``s3://bucket/prefix``, ``file:///abs``) or a local path."""
         if not urlsplit(uri).scheme:
             uri = str(Path(uri).resolve())
@@ -351,7 +401,7 @@ class ArtifactStore:
             if any(secret and secret in reason for secret in secrets):
                 reason = type(error).__name__
             raise RegistryError(f"cannot open artifact storage {display}: {reason}") from None
-        return cls(filesystem, base, display)
+        return cls(filesystem, base, display, keyring=keyring, encrypt=encrypt)
 
     def _path(self, relative: str) -> str:
         return f"{self.base}/{relative}" if self.base else relative
@@ -375,7 +425,6 @@ class ArtifactStore:
 
     def _write_one(self, directory: str, filename: str, data: bytes) -> ArtifactFile:
         final = self._path(f"{directory}/{filename}")
-        parent, leaf = final.rsplit("/", 1)
         if self.filesystem.get_file_info(final).type != pafs.FileType.NotFound:
             # A version is never overwritten; this happens only if two registries with
             # separate metadata share one artifact location.
@@ -383,6 +432,27 @@ class ArtifactStore:
                 f"artifact {self.description}/{directory}/{filename} already exists: "
                 "is another registry writing to the same artifact location?"
             )
+        self._put(final, self._stored(directory, filename, data))
+        return ArtifactFile(name=filename, sha256=_sha256(data), size=len(data))
+
+    def _stored(self, directory: str, filename: str, data: bytes) -> bytes:
+        """The bytes that go to disk: ``data``, encrypted when the store encrypts."""
+        if not self.encrypt:
+            return data
+        if self.keyring is None:  # a pickled copy: it reads with a FileKey, never writes
+            raise RegistryError(f"cannot encrypt {directory}/{filename}: no key ring here")
+        return encrypt_bytes(data, self.keyring, self.encryption_name(directory, filename))
+
+    def restore_file(self, directory: str, filename: str, data: bytes) -> None:
+        """Write one file back from a backup (replacing it if present), encrypted as configured.
+
+        Only ``churn restore`` calls this: registration never overwrites.
+        """
+        self._put(self._path(f"{directory}/{filename}"), self._stored(directory, filename, data))
+
+    def _put(self, final: str, data: bytes) -> None:
+        """Write ``data`` to ``final`` under a temporary name, then move it into place."""
+        parent, leaf = final.rsplit("/", 1)
         self.filesystem.create_dir(parent, recursive=True)
         temporary = f"{parent}/.{leaf}.{uuid.uuid4().hex}.tmp"
         try:
@@ -397,10 +467,41 @@ class ArtifactStore:
             raise
         if self._local:
             _fsync_path(parent, directory=True)
-        return ArtifactFile(name=filename, sha256=_sha256(data), size=len(data))
 
-    def read(self, directory: str, filename: str, expected: ArtifactFile | str | None) -> bytes:
-        """A file's bytes, refused unless they match the recorded checksum (if one is given)."""
+    def file_key(self, directory: str, filename: str) -> FileKey | None:
+        """The unwrapped data key of one encrypted file (None: the file is not encrypted).
+
+        What a worker process needs to read that file and nothing else (see the class doc).
+        """
+        path = self._path(f"{directory}/{filename}")
+        where = f"artifact {self.description}/{directory}/{filename}"
+        try:
+            with self.filesystem.open_input_stream(path) as stream:
+                prefix: bytes = stream.read(512)
+        except FileNotFoundError:
+            raise RegistryError(f"{where} is missing") from None
+        except OSError as error:
+            raise RegistryError(f"cannot read {where}: {error}") from error
+        if not is_encrypted(prefix):
+            return None
+        try:
+            return read_file_key(prefix, self.keyring)
+        except EncryptionError as error:
+            raise RegistryError(f"{where}: cannot decrypt: {error}") from None
+
+    def read(
+        self,
+        directory: str,
+        filename: str,
+        expected: ArtifactFile | str | None,
+        *,
+        file_key: FileKey | None = None,
+    ) -> bytes:
+        """A file's bytes, refused unless they match the recorded checksum (if one is given).
+
+        An encrypted file is decrypted first (with ``file_key`` if given, else the key ring);
+        a wrong key or a changed byte is refused like a checksum mismatch.
+        """
         path = self._path(f"{directory}/{filename}")
         try:
             with self.filesystem.open_input_stream(path) as stream:
@@ -413,6 +514,14 @@ class ArtifactStore:
             raise RegistryError(
                 f"cannot read artifact {self.description}/{directory}/{filename}: {error}"
             ) from error
+        if is_encrypted(data):
+            keys = file_key if file_key is not None else self.keyring
+            try:
+                data = decrypt_bytes(data, keys, self.encryption_name(directory, filename))
+            except EncryptionError as error:
+                raise RegistryError(
+                    f"artifact {self.description}/{directory}/{filename}: cannot decrypt: {error}"
+                ) from None
         sha256 = expected.sha256 if isinstance(expected, ArtifactFile) else expected
         if sha256 is not None and _sha256(data) != sha256:
             raise RegistryError(
@@ -758,10 +867,20 @@ class MongoMetadataStore:
 
     @classmethod
     def connect(
-        cls, url: str, database: str = "churn_registry", timeout_s: float = 5.0
+        cls,
+        url: str,
+        database: str = "churn_registry",
+        timeout_s: float = 5.0,
+        tls: TlsSettings | None = None,
     ) -> MongoMetadataStore:
-        """A store on ``database`` at ``url`` (connects lazily, on first use)."""
+        """A store on ``database`` at ``url`` (connects lazily, on first use).
+
+        ``tls`` (``registry.mongodb_tls``): its files are checked here, the handshake happens
+        on first use.
+        """
         from pymongo import MongoClient, WriteConcern
+
+        from churn_core.tls import mongo_options
 
         timeout_ms = int(timeout_s * 1000)
         client: MongoClient[dict[str, Any]] = MongoClient(
@@ -770,6 +889,7 @@ class MongoMetadataStore:
             serverSelectionTimeoutMS=timeout_ms,
             connectTimeoutMS=timeout_ms,
             appname="churn-registry",
+            **(mongo_options(tls, "registry.mongodb_tls") if tls is not None else {}),
         )
         # Registry writes are rare and must survive a crash: acknowledged by a majority and
         # journaled (a standalone server counts as its own majority).
@@ -1507,17 +1627,31 @@ def open_registry(
     resolve_path: Callable[[Path], Path] = Path.resolve,
     *,
     policy: PromotionPolicy | None = None,
+    encryption: EncryptionSettings | None = None,
 ) -> Registry:
     """The registry the settings describe (``resolve_path``: usually ``Settings.resolve``).
 
     Nothing connects here: a MongoDB store connects on first use, so building a registry in
     an entry point costs nothing and an unreachable server fails the first call with one line.
+    ``encryption`` (``Settings.encryption``): the keys that decrypt artifacts, and whether new
+    ones are encrypted; every entry point passes it (without it, encrypted artifacts are
+    refused with a line saying no key is configured).
     """
     root = resolve_path(settings.root)
     uri = settings.artifact_uri
     if uri and not urlsplit(uri).scheme:
         uri = str(resolve_path(Path(uri)))
-    artifacts = ArtifactStore.from_uri(uri or str(root))
+    keyring: KeyRing | None = None
+    if encryption is not None:
+        try:
+            keyring = load_keyring(encryption, resolve_path)
+        except EncryptionError as error:
+            raise RegistryError(str(error)) from None
+    artifacts = ArtifactStore.from_uri(
+        uri or str(root),
+        keyring=keyring,
+        encrypt=encryption is not None and encryption.registry,
+    )
     metadata: MetadataStore
     if settings.metadata == "mongodb":
         if settings.mongodb_url is None:
@@ -1526,6 +1660,7 @@ def open_registry(
             settings.mongodb_url.get_secret_value(),
             settings.mongodb_database,
             settings.mongodb_timeout_s,
+            settings.mongodb_tls,
         )
     else:
         metadata = FileMetadataStore(root)

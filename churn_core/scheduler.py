@@ -23,13 +23,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+from churn_core.logging import JOB_ID_VARIABLE, new_id
 from churn_core.schedules import Schedule, Step
 
 TIMEOUT_EXIT = 124  # what coreutils `timeout` returns; `churn schedule run` reports it too
@@ -109,6 +110,8 @@ class RunResult:
     exit_code: int
     duration_s: float
     timed_out: bool = False
+    # The run's job_id in the logs, when its runner gave it one.
+    job_id: str | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -161,6 +164,7 @@ class ActiveRun:
             exit_code=code,
             duration_s=(now - self.started_at).total_seconds(),
             timed_out=self.timed_out,
+            job_id=getattr(self.run, "job_id", None),
         )
 
 
@@ -342,6 +346,8 @@ class Scheduler:
         self.log.info(
             "schedule_started",
             schedule=schedule.name,
+            # The id the run's own lines carry as job_id (runners that give one).
+            job_id=getattr(run, "job_id", None),
             scheduled_for=fired.isoformat(),
             late_s=round(late),
             command=schedule.describe_steps(),
@@ -366,6 +372,7 @@ def log_result(log: EventLog, result: RunResult) -> None:
         "exit_code": result.exit_code,
         "duration_s": round(result.duration_s, 1),
         "timed_out": result.timed_out,
+        "job_id": result.job_id,
     }
     if result.succeeded:
         log.info("schedule_finished", **fields)
@@ -408,11 +415,16 @@ class ProcessRun:
         self,
         commands: Sequence[Sequence[str]],
         popen: Callable[..., subprocess.Popen[bytes]] = subprocess.Popen,
+        env: Mapping[str, str] | None = None,
+        job_id: str | None = None,
     ) -> None:
         if not commands:
             raise ValueError("a run needs at least one command")
         self._pending = [list(c) for c in commands]
         self._popen = popen
+        # Every step's environment (None: this process's); job_id names the run in logs.
+        self._env = dict(env) if env is not None else None
+        self.job_id = job_id
         self._stopping = False
         self.step = 0
         self._process = self._launch_next()
@@ -439,7 +451,8 @@ class ProcessRun:
 
     def _launch_next(self) -> subprocess.Popen[bytes]:
         self.step += 1
-        return self._popen(self._pending.pop(0), start_new_session=True)
+        extra = {} if self._env is None else {"env": self._env}
+        return self._popen(self._pending.pop(0), start_new_session=True, **extra)
 
     def _signal(self, signum: int) -> None:
         if self._process.poll() is not None:
@@ -464,8 +477,17 @@ class ChurnRunner:
         return [sys.executable, "-c", launcher, "--env", self.env, *self.global_options, *step]
 
     def start(self, schedule: Schedule) -> ProcessRun:
-        """Start the first step; the others follow as each one succeeds."""
-        return ProcessRun([self.argv(step) for step in schedule.steps])
+        """Start the first step; the others follow as each one succeeds.
+
+        Every step gets the run's id in ``CHURN_JOB_ID``, so all their log lines (and their
+        Ray workers') carry one ``job_id``, the one the scheduler logs for the run.
+        """
+        job_id = new_id()
+        return ProcessRun(
+            [self.argv(step) for step in schedule.steps],
+            env={**os.environ, JOB_ID_VARIABLE: job_id},
+            job_id=job_id,
+        )
 
 
 class SchedulerBusyError(RuntimeError):

@@ -90,6 +90,50 @@ class IngestSettings(BaseModel):
     retry_backoff_s: float = Field(2.0, ge=0)
 
 
+# full: the server's certificate chains to the CA and names the host we dialled; ca: chains to
+# the CA only (servers reached by an address their certificate does not name); none: encrypted
+# but unauthenticated, open to a man in the middle (never for production).
+TlsVerify = Literal["full", "ca", "none"]
+
+
+class TlsSettings(BaseModel):
+    """TLS from one of our clients to one server (PostgreSQL, Redis, MongoDB or Kafka).
+
+    ``churn_core.tls`` turns it into each client library's options. The files are checked
+    when a client is built, not here: settings load where the files are not mounted (tests,
+    tools, a driver that never opens this connection).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = False
+    # PEM bundle of the CA(s) that sign the server's certificate; unset: the system's trust store.
+    ca_file: Path | None = None
+    # Our client certificate (PEM) for servers that require one (mutual TLS), and its
+    # unencrypted key; key_file unset means the key is in cert_file (what pymongo needs).
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    verify: TlsVerify = "full"
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        # Clients run in Ray workers and Sail whose working directory is not the project
+        # root, so a relative path would name different files in different processes.
+        if value is not None and not value.is_absolute():
+            raise ValueError(f"must be an absolute path, got {str(value)!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TlsSettings:
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file is set but cert_file is not (the key of which certificate?)")
+        if self.enabled and self.verify == "ca" and self.ca_file is None:
+            # Skipping the host name check is only safe against a private CA of our own.
+            raise ValueError("verify 'ca' needs ca_file (the private CA to check against)")
+        return self
+
+
 class FileSourceSettings(BaseModel):
     """A source read from files under ``raw_dir`` (the embedded default, and the sample data)."""
 
@@ -113,6 +157,8 @@ class PostgresSourceSettings(BaseModel):
     watermark_overlap_s: float = Field(60.0, ge=0)
     # Rows per read are bounded by the watermark range; partitions split the read over cores.
     num_partitions: int = Field(1, ge=1)
+    # TLS to the server, for psycopg in the driver and for the engine's JDBC reads.
+    tls: TlsSettings = Field(default_factory=TlsSettings)
 
 
 class KafkaSourceSettings(BaseModel):
@@ -131,6 +177,8 @@ class KafkaSourceSettings(BaseModel):
     # If set, offsets are also committed to this group after each Delta commit, for lag
     # dashboards only; the bronze table stays the source of truth for where to resume.
     consumer_group: str | None = None
+    # TLS to the brokers (security.protocol SSL), for every consumer, producer and admin client.
+    tls: TlsSettings = Field(default_factory=TlsSettings)
 
 
 class RestSourceSettings(BaseModel):
@@ -198,6 +246,7 @@ class RegistrySettings(BaseModel):
     mongodb_database: str = "churn_registry"
     # How long a registry call waits for an unreachable MongoDB before failing with one line.
     mongodb_timeout_s: float = Field(5.0, gt=0)
+    mongodb_tls: TlsSettings = Field(default_factory=TlsSettings)
     # Promotion gates (a YAML file validated by churn_core.promotion).
     gates_path: Path = Path("configs/promotion.yaml")
 
@@ -271,6 +320,9 @@ class OnlineStoreSettings(BaseModel):
     table: str = "online_features"
     # How long a lookup waits for a PostgreSQL connection before answering 503.
     postgres_timeout_s: float = Field(1.0, gt=0)
+    # TLS to each store; ``churn materialize`` writes with the same settings.
+    redis_tls: TlsSettings = Field(default_factory=TlsSettings)
+    postgres_tls: TlsSettings = Field(default_factory=TlsSettings)
 
 
 class ServeSettings(BaseModel):
@@ -303,12 +355,29 @@ class ServeSettings(BaseModel):
     reload_interval_s: float = Field(10.0, ge=0)
     # Prediction cache and rate limits; None keeps both in the replica's memory.
     redis_url: SecretStr | None = None
+    redis_tls: TlsSettings = Field(default_factory=TlsSettings)
     redis_timeout_s: float = Field(0.25, gt=0)
+    # HTTPS without an ingress in front: the server's certificate chain and key (PEM; relative
+    # paths from the project root). Plain uvicorn (serve_apps/standalone.py) and Ray's proxy
+    # (ingress: proxy) terminate TLS with them; Ray 2.60's HAProxy frontend cannot (it binds
+    # without ``ssl``), so ingress: haproxy refuses them. Unset: plain HTTP (TLS at the Ingress).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
     cache_ttl_s: int = Field(300, ge=0)
     cors_origins: list[str] = Field(default_factory=list)
+    # The web dashboard's static build (``make dashboard`` writes it), served under ``/ui``;
+    # relative paths are resolved against the project root. Missing: the API still starts, and
+    # ``/readyz`` and the log say the dashboard is not built.
+    ui_dir: Path = Path("dashboard/dist")
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     online_store: OnlineStoreSettings = Field(default_factory=OnlineStoreSettings)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServeSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("serve.tls_cert_file and serve.tls_key_file go together")
+        return self
 
 
 class SmtpSettings(BaseModel):
@@ -420,6 +489,7 @@ class MonitoringSettings(BaseModel):
     mongodb_url: SecretStr | None = None
     mongodb_database: str = "churn_monitoring"
     mongodb_timeout_s: float = Field(5.0, gt=0)
+    mongodb_tls: TlsSettings = Field(default_factory=TlsSettings)
     # Accuracy job (monitoring/accuracy.py): logged predictions joined to the labels that have
     # arrived since. Results per model version and per week or month of ``as_of``.
     accuracy_period: Literal["week", "month"] = "month"
@@ -464,6 +534,51 @@ class BackupSettings(BaseModel):
     pg_timeout_s: float = Field(3600.0, gt=0)
 
 
+class EncryptionSettings(BaseModel):
+    """Encryption at rest of backups and registry artifacts (``churn_core/encryption.py``).
+
+    AES-256-GCM under a random data key per file, wrapped by a key-encryption key from here.
+    Keys are ``"kid:base64,kid:base64"`` (``churn encryption keygen`` prints one), given as
+    ``keys`` (a secret: ``CHURN_ENCRYPTION__KEYS``, never in YAML) or in ``keys_file`` (a
+    mounted Secret; read when a key is first needed). Rotation: add the new key, point
+    ``active_key_id`` at it; keep the old ones while files encrypted with them exist.
+    """
+
+    # Validation errors would otherwise echo the raw input, i.e. the keys.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    keys: SecretStr | None = None
+    keys_file: Path | None = None
+    # The key new files are encrypted with; may be left unset when there is only one key.
+    active_key_id: str | None = None
+    # Every file of a new backup is encrypted; restore then refuses unencrypted backups.
+    backups: bool = False
+    # Model artifacts (model.ubj, contract, reports) are encrypted when registered.
+    registry: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EncryptionSettings:
+        if self.keys is not None and self.keys_file is not None:
+            raise ValueError("set encryption.keys or encryption.keys_file, not both")
+        if self.registry and not self.backups:
+            # Backups read artifacts through the registry: they would hold them decrypted.
+            raise ValueError(
+                "encryption.registry is on but encryption.backups is off: backups would hold "
+                "the model artifacts decrypted; turn both on"
+            )
+        if self.keys is not None:
+            # Imported here: loading settings without keys never loads the crypto library.
+            from churn_core.encryption import EncryptionError, KeyRing, parse_keys
+
+            try:
+                KeyRing(parse_keys(self.keys.get_secret_value()), self.active_key_id)
+            except EncryptionError as error:
+                raise ValueError(str(error)) from None
+        # Missing keys are reported when a key is first needed, not here: settings also load
+        # where the Secret is not mounted (tests, tools, `churn --help`).
+        return self
+
+
 class ScoringSettings(BaseModel):
     """Batch scoring (``churn score``): every customer of a gold snapshot, scored by an alias.
 
@@ -503,6 +618,56 @@ class ScoringSettings(BaseModel):
     postgres_table: str = "customer_scores"
     # How long connecting to PostgreSQL may take before the job fails with one line.
     postgres_timeout_s: float = Field(10.0, gt=0)
+    postgres_tls: TlsSettings = Field(default_factory=TlsSettings)
+
+
+# TimedRotatingFileHandler's ``when`` values (W0-W6: weekly on that weekday).
+RotationWhen = Literal["S", "M", "H", "D", "midnight", "W0", "W1", "W2", "W3", "W4", "W5", "W6"]
+
+
+class LogFileSettings(BaseModel):
+    """JSON-lines log files, rotated by size and/or time (``churn_core.logging``).
+
+    ``path`` is a template: ``{component}`` (cli, serve, ray-worker) and ``{pid}`` are filled in
+    per process. Keep ``{pid}`` when several processes of one component share a host (Serve
+    replicas, Ray workers): the standard library's handlers rotate per process, and two
+    processes rotating one file lose lines. Files of ended processes are deleted once they
+    have not been written for ``keep_days``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Unset: no file logs (stderr only).
+    path: str | None = None
+    # Roll over when the next line would pass this size; 0: never by size.
+    max_bytes: int = Field(50_000_000, ge=0)
+    # Roll over at this time boundary (UTC); None: never by time.
+    when: RotationWhen | None = "midnight"
+    interval: int = Field(1, ge=1)
+    # Rotated files kept per process, beside the live one.
+    backup_count: int = Field(7, ge=0)
+    keep_days: float = Field(7.0, gt=0)
+
+    @field_validator("path")
+    @classmethod
+    def _known_placeholders(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            value.format(component="c", pid=1)
+        except (KeyError, IndexError, ValueError) as error:
+            raise ValueError(
+                f"logging.file.path may use {{component}} and {{pid}} only ({error})"
+            ) from None
+        return value
+
+
+class LoggingSettings(BaseModel):
+    """Where log lines go besides stderr (level and format: ``log_level``, ``log_json``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: LogFileSettings = Field(default_factory=LogFileSettings)
 
 
 class Settings(BaseSettings):
@@ -520,6 +685,7 @@ class Settings(BaseSettings):
     lake_dir: Path = Path("var/lake")
     log_level: str = "INFO"
     log_json: bool = False
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
     sample: SampleSettings = Field(default_factory=SampleSettings)
     spark: SparkSettings = Field(default_factory=SparkSettings)
     ray: RaySettings = Field(default_factory=RaySettings)
@@ -530,6 +696,7 @@ class Settings(BaseSettings):
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
     backup: BackupSettings = Field(default_factory=BackupSettings)
+    encryption: EncryptionSettings = Field(default_factory=EncryptionSettings)
     # Where each contract source is read from; a source not listed here is read from files.
     sources: dict[str, SourceSettings] = Field(default_factory=dict)
 
@@ -625,6 +792,8 @@ NON_SETTING_VARIABLES = frozenset(
         "CHURN_ACTOR",
         "CHURN_HEALTHCHECK_URL",
         "CHURN_KUBERAY_CRDS",
+        # A scheduled job's run id (churn_core.scheduler), bound to its log lines as job_id.
+        "CHURN_JOB_ID",
     }
 )
 

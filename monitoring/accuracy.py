@@ -826,11 +826,14 @@ def _store_in_mongo(run: AccuracyRun, settings: MonitoringSettings) -> str:
         return "off"
     from pymongo import MongoClient
 
+    from churn_core.tls import mongo_options
+
     client: MongoClient[dict[str, Any]] | None = None
     try:
         client = MongoClient(
             settings.mongodb_url.get_secret_value(),
             serverSelectionTimeoutMS=int(settings.mongodb_timeout_s * 1000),
+            **mongo_options(settings.mongodb_tls, "monitoring.mongodb_tls"),
         )
         client[settings.mongodb_database][MONGO_COLLECTION].insert_one(mongo_document(run))
     except Exception as error:

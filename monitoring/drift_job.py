@@ -399,6 +399,8 @@ def write_results_mongo(monitoring: MonitoringSettings, document: dict[str, Any]
     from pymongo import MongoClient
     from pymongo.errors import PyMongoError
 
+    from churn_core.tls import mongo_options
+
     assert monitoring.mongodb_url is not None
     url = monitoring.mongodb_url.get_secret_value()
     timeout_ms = int(monitoring.mongodb_timeout_s * 1000)
@@ -409,6 +411,7 @@ def write_results_mongo(monitoring: MonitoringSettings, document: dict[str, Any]
             serverSelectionTimeoutMS=timeout_ms,
             connectTimeoutMS=timeout_ms,
             appname="churn-drift",
+            **mongo_options(monitoring.mongodb_tls, "monitoring.mongodb_tls"),
         )
         with client:
             client[monitoring.mongodb_database][MONGO_COLLECTION].insert_one(document)

@@ -36,6 +36,7 @@ from churn_core.settings import (
     SourceSettings,
 )
 from churn_core.tables import Tables
+from churn_core.tls import TlsConfigError, check_tls_files
 from pipelines.delta import table_exists, table_rows
 
 if TYPE_CHECKING:
@@ -300,7 +301,7 @@ def ingest_with_retries(
     for attempt in range(1, policy.max_attempts + 1):
         try:
             return ingest_source(spark, name, spec, source, raw_dir, tables)
-        except (SourceNotFoundError, SourceSchemaError, HostNotAllowedError):
+        except (SourceNotFoundError, SourceSchemaError, HostNotAllowedError, TlsConfigError):
             raise  # a missing source or a wrong configuration does not heal by waiting
         except Exception as error:
             if attempt == policy.max_attempts:
@@ -325,6 +326,12 @@ def ingest_sources(
 ) -> list[BronzeSummary]:
     """Append every source's new records to its bronze table."""
     raw_dir = settings.resolve(settings.raw_dir)
+    for name in contract.sources:
+        source = settings.source(name)
+        if isinstance(source, PostgresSourceSettings | KafkaSourceSettings):
+            # Before anything is read: a missing TLS file is named with its exact setting,
+            # and a second source cannot be half ingested when the first is misconfigured.
+            check_tls_files(source.tls, f"sources.{name}.tls")
     return [
         ingest_with_retries(
             spark, name, spec, settings.source(name), raw_dir, tables, settings.ingest

@@ -36,8 +36,9 @@ from churn_core.online_features import (
     json_scalar,
     table_identifier,
 )
-from churn_core.settings import OnlineStoreSettings, Settings
+from churn_core.settings import OnlineStoreSettings, Settings, TlsSettings
 from churn_core.tables import Tables
+from churn_core.tls import postgres_params, redis_options
 from pipelines.delta import table_exists
 
 if TYPE_CHECKING:
@@ -95,12 +96,18 @@ def _secret(value: Any) -> str | None:
 class _RedisWriter:
     """``SET key value`` for every record, pipelined, no TTL."""
 
-    def __init__(self, url: str, prefix: str, contract_name: str) -> None:
+    def __init__(
+        self, url: str, prefix: str, contract_name: str, tls: TlsSettings | None = None
+    ) -> None:
         self._url = url
         self._prefix = prefix
         self._contract = contract_name
+        url, tls_options = redis_options(url, tls or TlsSettings(), "serve.online_store.redis_tls")
         self.client: redis.Redis = redis.Redis.from_url(
-            url, socket_timeout=CONNECT_TIMEOUT_S, socket_connect_timeout=CONNECT_TIMEOUT_S
+            url,
+            socket_timeout=CONNECT_TIMEOUT_S,
+            socket_connect_timeout=CONNECT_TIMEOUT_S,
+            **tls_options,
         )
 
     def write(self, records: Sequence[_Record]) -> int:
@@ -123,7 +130,9 @@ class _RedisWriter:
 class _PostgresWriter:
     """COPY into a temporary table, then upsert; committed once, when every chunk is in."""
 
-    def __init__(self, url: str, table: str, contract_name: str) -> None:
+    def __init__(
+        self, url: str, table: str, contract_name: str, tls: TlsSettings | None = None
+    ) -> None:
         self._url = url
         self._contract = contract_name
         self._upsert = sql.SQL(
@@ -137,9 +146,13 @@ class _PostgresWriter:
             sql.Identifier(_STAGE)
         )
         self._truncate = sql.SQL("TRUNCATE {}").format(sql.Identifier(_STAGE))
+        tls_params = postgres_params(tls or TlsSettings(), "serve.online_store.postgres_tls")
         try:
             self.conn: psycopg.Connection[Any] = psycopg.connect(
-                url, connect_timeout=CONNECT_TIMEOUT_S, application_name="churn-online-store"
+                url,
+                connect_timeout=CONNECT_TIMEOUT_S,
+                application_name="churn-online-store",
+                **tls_params,
             )
         except psycopg.Error as error:
             raise self._error("connect failed", error) from None
@@ -277,10 +290,12 @@ def materialize_online_features(
     with ExitStack() as stack:
         redis_writer = postgres_writer = None
         if redis_url:
-            redis_writer = _RedisWriter(redis_url, store.key_prefix, contract.name)
+            redis_writer = _RedisWriter(redis_url, store.key_prefix, contract.name, store.redis_tls)
             stack.callback(redis_writer.client.close)
         if postgres_url:
-            postgres_writer = _PostgresWriter(postgres_url, store.table, contract.name)
+            postgres_writer = _PostgresWriter(
+                postgres_url, store.table, contract.name, store.postgres_tls
+            )
             stack.enter_context(postgres_writer.conn)
         for frame in _buckets(latest, contract.entity_key, customers, chunk_customers):
             records = _records(contract, frame.toArrow(), today)

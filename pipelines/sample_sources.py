@@ -45,7 +45,14 @@ def publish_sample(
             from pipelines.sources.postgres import load_table
 
             table = pq.ParquetDataset(str(location)).read()
-            load_table(source.url.get_secret_value(), source.table, table, spec.key, replace=True)
+            load_table(
+                source.url.get_secret_value(),
+                source.table,
+                table,
+                spec.key,
+                replace=True,
+                tls=source.tls,
+            )
             published.append(Published(name, f"postgres:{source.table}", table.num_rows))
         elif isinstance(source, KafkaSourceSettings):
             from pipelines.sources.kafka import produce_records
@@ -62,6 +69,7 @@ def publish_sample(
                 lines,
                 partitions=SAMPLE_TOPIC_PARTITIONS,
                 key_fn=partial(_entity_key_of, key=contract.entity_key),
+                tls=source.tls,
             )
             published.append(Published(name, f"kafka:{source.topic}", len(lines)))
     return published

@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from churn_core.contract import FeatureContract
+from churn_core.encryption import FileKey
 from churn_core.faults import failpoint
 from churn_core.logging import get_logger
 from churn_core.model import ChurnModel
@@ -115,7 +116,9 @@ class ModelRef:
     """Where a worker finds a model version: the artifact store, the folder and the checksum.
 
     Small and picklable: it travels in the scoring function's closure instead of the model,
-    whose bytes are read (and verified) by each worker process once.
+    whose bytes are read (and verified) by each worker process once. An encrypted artifact
+    travels with its ``file_key`` (the unwrapped data key of model.ubj alone): the pickled
+    store leaves the key-encryption keys behind, so a closure never carries them.
     """
 
     artifacts: ArtifactStore
@@ -124,10 +127,13 @@ class ModelRef:
     name: str
     version: int
     contract: FeatureContract
+    file_key: FileKey | None = None
 
     def load(self, threads: int) -> ChurnModel:
-        """Read the artifact (checksum-verified) and build the model."""
-        raw = self.artifacts.read(self.directory, ARTIFACT_NAME, self.sha256)
+        """Read the artifact (decrypted, checksum-verified) and build the model."""
+        raw = self.artifacts.read(
+            self.directory, ARTIFACT_NAME, self.sha256, file_key=self.file_key
+        )
         return ChurnModel.from_bytes(raw, self.contract, version=self.version, nthread=threads)
 
 
@@ -453,6 +459,8 @@ def plan_scoring(
             name=name,
             version=meta.version,
             contract=contract,
+            # Unwrapped here, in the driver, which holds the keys (None: not encrypted).
+            file_key=registry.artifacts.file_key(meta.artifact_dir, ARTIFACT_NAME),
         ),
         threshold=_threshold(meta.params, settings.serve.threshold),
         top_reasons=top,

@@ -29,6 +29,7 @@ from churn_core.logging import get_logger
 from churn_core.online_features import describe_error, table_identifier
 from churn_core.prediction_log import prediction_log_schema
 from churn_core.settings import ScoringSettings
+from churn_core.tls import postgres_params
 from pipelines.scoring import SCORES_SCHEMA, ScoringError, ScoringPlan, query
 
 __all__ = [
@@ -167,11 +168,13 @@ def upsert_current_scores(
         sql.Identifier(_STAGE), sql.SQL(", ").join(sql.Identifier(c) for c in _PG_COLUMNS)
     )
     rows = 0
+    tls_params = postgres_params(scoring.postgres_tls, "scoring.postgres_tls")
     try:
         with psycopg.connect(
             url,
             connect_timeout=max(1, int(scoring.postgres_timeout_s)),
             application_name="churn-score",
+            **tls_params,
         ) as conn:
             conn.execute(create_scores_table_sql(scoring.postgres_table))
             conn.execute(_stage_sql())

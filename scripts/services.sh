@@ -57,4 +57,16 @@ if ! command -v amtool >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; th
     echo "services: amtool missing; run as root: apt-get install -y --no-install-recommends prometheus-alertmanager" >&2
   fi
 fi
+# Chromium (Debian package chromium) for tests/integration/test_dashboard_e2e.py, which drives
+# it headless through playwright-core (`npx playwright install` cannot download its own
+# browsers here). Same pattern: only if missing, root only.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq chromium >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null && apt-get install -y -qq chromium >/dev/null; }
+  else
+    echo "services: chromium missing; run as root: apt-get install -y chromium" >&2
+  fi
+fi
 echo "services: ok"

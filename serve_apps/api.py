@@ -8,36 +8,62 @@ token endpoint issues them. Errors are one machine-readable body (:class:`ErrorB
 
 import asyncio
 import base64
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import unquote
 
 import orjson
+import structlog
 from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from churn_core.registry import PromotionRefused, RegistryError
 from serve_apps.auth import AuthError, Principal, TokenResponse
+from serve_apps.dashboard import (
+    REPORT_FILE,
+    DashboardData,
+    ScoreFilters,
+    explain,
+    live_stats,
+    parse_report,
+    ui_status,
+)
 from serve_apps.online_store import OnlineStoreUnavailable
+from serve_apps.request_context import RequestContextMiddleware
 from serve_apps.runtime import ServingRuntime
 from serve_apps.schemas import (
+    CUSTOMER_ID_PATTERN,
+    AliasMove,
     BatchPrediction,
+    CustomerDetail,
+    DriftHistory,
     ErrorBody,
     ErrorDetail,
     FeatureImportance,
+    LiveStats,
+    ModelCatalog,
     ModelMetrics,
+    ModelReport,
     Prediction,
     PromoteRequest,
     ReloadResult,
+    ScoresPage,
+    VersionSummary,
     request_models,
 )
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 # The principal of every request when auth is switched off (local experiments only).
 ANONYMOUS = Principal(
@@ -361,6 +387,281 @@ def _business_routes(runtime: ServingRuntime) -> APIRouter:
     return router
 
 
+async def _read(what: str, call: Callable[..., T], *args: Any) -> T:
+    """Run a blocking read off the event loop; storage trouble is a 503 naming what failed."""
+    try:
+        return await asyncio.to_thread(call, *args)
+    except (ApiError, AuthError, RegistryError):
+        raise
+    except Exception as exc:
+        message = " ".join(str(exc).split())[:300]
+        log.error("dashboard_read_failed", what=what, error=message)
+        raise ApiError(
+            503, "data_unavailable", f"{what} could not be read: {message}", field="request"
+        ) from exc
+
+
+def _dashboard_routes(runtime: ServingRuntime) -> APIRouter:
+    """Read-only views for the web dashboard (``/ui``): scores, models, drift, live counters."""
+    viewer = Depends(_guard(runtime, "viewer"))
+    router = APIRouter(prefix="/v1/dashboard", tags=["dashboard"])
+    # Reports belong to immutable versions: parsed once per replica.
+    reports: dict[int, ModelReport] = {}
+
+    def data() -> DashboardData:
+        if runtime.dashboard is None:
+            raise ApiError(
+                404,
+                "no_data_set",
+                "this deployment was started without the data set's tables",
+                field="request",
+            )
+        return runtime.dashboard
+
+    @router.get("/scores", response_model=ScoresPage, responses={422: {"model": ErrorBody}})
+    async def scores(
+        principal: Annotated[Principal, viewer],
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+        sort: Literal["probability", "customer_id"] = "probability",
+        order: Literal["asc", "desc"] = "desc",
+        search: Annotated[
+            str | None,
+            Query(pattern=CUSTOMER_ID_PATTERN, description="Part of the customer id."),
+        ] = None,
+        min_probability: Annotated[float | None, Query(ge=0, le=1)] = None,
+        churn_only: Annotated[bool, Query(description="Only customers labelled churn.")] = False,
+        reason: Annotated[
+            str | None, Query(max_length=128, description="A feature among the top reasons.")
+        ] = None,
+    ) -> ScoresPage:
+        """The latest batch scores (``churn score``), highest risk first, filtered and paged."""
+        features = list(runtime.contract.feature_names)
+        if reason is not None and reason not in features:
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"reason must be a contract feature: {', '.join(features)}",
+                field="query.reason",
+            )
+        filters = ScoreFilters(search, min_probability, churn_only, reason)
+        source = data()
+        return await _read(
+            "the scores table",
+            lambda: source.scores(
+                filters,
+                principal.customer_scope,
+                sort=sort,
+                order=order,
+                limit=limit,
+                offset=offset,
+                features=features,
+            ),
+        )
+
+    @router.get(
+        "/customers/{customer_id}",
+        response_model=CustomerDetail,
+        responses={403: {"model": ErrorBody}, 404: {"model": ErrorBody}},
+    )
+    async def customer(
+        principal: Annotated[Principal, viewer],
+        customer_id: Annotated[str, PathParam(pattern=CUSTOMER_ID_PATTERN)],
+    ) -> CustomerDetail:
+        """One customer's current score, its history, features and every feature's push."""
+        principal.require_customer(customer_id)
+        source = data()
+        found = await _read("the scores table", source.customer_scores, customer_id)
+        if found is None:
+            raise ApiError(
+                404, "unknown_customer", f"no scores for customer {customer_id}", "customer_id"
+            )
+        score, history = found
+        service = runtime.service  # one version for the whole answer
+        names = service.model.contract.feature_names
+        features = await _read(
+            "the gold table", source.gold_features, customer_id, score.snapshot_date, names
+        )
+        if features is None:
+            return CustomerDetail(
+                customer_id=customer_id,
+                score=score,
+                history=history,
+                features={},
+                contributions=[],
+                base_value=None,
+                explained_by=None,
+                explained_probability=None,
+            )
+        contributions, base, probability = await asyncio.to_thread(explain, service.model, features)
+        return CustomerDetail(
+            customer_id=customer_id,
+            score=score,
+            history=history,
+            features=features,
+            contributions=contributions,
+            base_value=base,
+            explained_by=service.version,
+            explained_probability=probability,
+        )
+
+    @router.get("/models", response_model=ModelCatalog, responses={503: {"model": ErrorBody}})
+    async def models(principal: Annotated[Principal, viewer]) -> ModelCatalog:
+        """Every registered version with its metrics and aliases, and recent alias moves."""
+        source = runtime.source
+        try:
+            versions, aliases, history = await asyncio.to_thread(
+                lambda: (source.list_versions(), source.aliases(), source.alias_history())
+            )
+        except RegistryError as exc:
+            raise ApiError(503, "registry_unavailable", str(exc), field="request") from exc
+        by_version: dict[int, list[str]] = {}
+        for alias, number in aliases.items():
+            by_version.setdefault(number, []).append(alias)
+        service = runtime.service
+        return ModelCatalog(
+            model_name=service.meta.name,
+            serving_alias=runtime.settings.alias,
+            serving_version=service.version,
+            aliases=aliases,
+            versions=[
+                VersionSummary(
+                    version=meta.version,
+                    created_at=meta.created_at,
+                    aliases=sorted(by_version.get(meta.version, [])),
+                    metrics=meta.metrics,
+                    threshold=(
+                        float(meta.params["threshold"])
+                        if isinstance(meta.params.get("threshold"), int | float)
+                        else None
+                    ),
+                    registered_by=meta.registered_by,
+                    has_report=meta.file(REPORT_FILE) is not None,
+                    lineage={
+                        k: meta.lineage[k]
+                        for k in ("dataset", "gold_delta_version", "code_version", "rows")
+                        if k in meta.lineage
+                    },
+                )
+                for meta in reversed(versions)
+            ],
+            alias_history=[
+                AliasMove(
+                    alias=e.alias,
+                    action=e.action,
+                    from_version=e.from_version,
+                    to_version=e.to_version,
+                    at=e.at,
+                    actor=e.actor,
+                    reason=e.reason,
+                    forced=e.forced,
+                )
+                for e in reversed(history[-50:])
+            ],
+        )
+
+    @router.get(
+        "/models/{version}/report",
+        response_model=ModelReport,
+        responses={404: {"model": ErrorBody}},
+    )
+    async def report(
+        principal: Annotated[Principal, viewer],
+        version: Annotated[int, PathParam(ge=1, le=1_000_000_000)],
+    ) -> ModelReport:
+        """A version's evaluation on its test split: metrics, ROC, calibration, lift, importance."""
+        if version in reports:
+            return reports[version]
+        source = runtime.source
+        try:
+            meta = await asyncio.to_thread(source.metadata, version)
+            if meta.file(REPORT_FILE) is None:
+                raise ApiError(
+                    404,
+                    "no_report",
+                    f"version {version} was registered without an evaluation report",
+                    field="version",
+                )
+            raw = await asyncio.to_thread(source.read_file, version, REPORT_FILE)
+        except RegistryError as exc:
+            raise ApiError(404, "unknown_version", str(exc), field="version") from exc
+        parsed = parse_report(version, json.loads(raw))
+        reports[version] = parsed
+        return parsed
+
+    @router.get("/drift", response_model=DriftHistory)
+    async def drift(
+        principal: Annotated[Principal, viewer],
+        runs: Annotated[int, Query(ge=1, le=500, description="How many recent runs.")] = 30,
+    ) -> DriftHistory:
+        """The latest drift runs (``churn drift``): per-feature statistics and alerts raised."""
+        return await _read("the drift table", data().drift, runs)
+
+    @router.get("/live", response_model=LiveStats)
+    async def live(principal: Annotated[Principal, viewer]) -> LiveStats:
+        """The answering replica's request, latency, cache and prediction counters."""
+        return live_stats(
+            runtime.metrics, runtime.replica_id, runtime.started_at, runtime.service.version
+        )
+
+    return router
+
+
+# The dashboard's pages load only their own scripts and styles and talk only to this API.
+# MUI (emotion) injects <style> elements, hence 'unsafe-inline' for styles; scripts stay 'self'.
+UI_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data:; font-src 'self' data:; connect-src 'self'; "
+        "frame-ancestors 'none'; base-uri 'self'; form-action 'self'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def _ui_file(root: Path, path: str) -> Path | None:
+    """The file ``path`` names inside ``root``; None for anything outside it or missing."""
+    base = root.resolve()
+    candidate = (base / path).resolve()
+    if not candidate.is_relative_to(base) or not candidate.is_file():
+        return None
+    return candidate
+
+
+def _ui_routes(runtime: ServingRuntime) -> APIRouter:
+    """The dashboard's static build under ``/ui``; unknown page paths get ``index.html``.
+
+    The files are public (code, no data): every figure they show comes from the API with the
+    signed-in user's token and role.
+    """
+    router = APIRouter(include_in_schema=False)
+
+    @router.api_route("/ui", methods=["GET", "HEAD"])
+    async def ui_root() -> Response:
+        # Relative: stays right under a Serve route prefix too.
+        return RedirectResponse("ui/", status_code=307)
+
+    @router.api_route("/ui/{path:path}", methods=["GET", "HEAD"])
+    async def ui(path: str) -> Response:
+        root = runtime.ui_dir
+        status = ui_status(root)
+        if root is None or status != "ok":
+            raise ApiError(404, "dashboard_not_built", status, field="request")
+        found = _ui_file(root, path) if path else None
+        if found is None:
+            last = path.rsplit("/", 1)[-1]
+            if path.startswith("assets/") or "." in last:
+                raise ApiError(404, "not_found", f"no file /ui/{path}", field="request")
+            found = root / "index.html"  # a page of the single-page app: it routes itself
+        # Vite names assets by content hash: cache them for good, never the page itself.
+        immutable = found.parent.name == "assets"
+        cache = "public, max-age=31536000, immutable" if immutable else "no-cache"
+        return FileResponse(found, headers={**UI_HEADERS, "Cache-Control": cache})
+
+    return router
+
+
 def _admin_routes(runtime: ServingRuntime) -> APIRouter:
     admin = Depends(_guard(runtime, "admin"))
     router = APIRouter(prefix="/v1/admin")
@@ -469,8 +770,13 @@ def _probe_routes(runtime: ServingRuntime, prefix: str) -> APIRouter:
     return router
 
 
-def create_api(runtime: ServingRuntime, manage_lifecycle: bool = True) -> FastAPI:
-    """Build the app around ``runtime`` (its request models follow the serving contract)."""
+def create_api(
+    runtime: ServingRuntime, manage_lifecycle: bool = True, echo_request_id: bool = True
+) -> FastAPI:
+    """Build the app around ``runtime`` (its request models follow the serving contract).
+
+    ``echo_request_id=False`` inside Ray Serve, whose HTTP layer returns X-Request-ID itself.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -500,7 +806,9 @@ def create_api(runtime: ServingRuntime, manage_lifecycle: bool = True) -> FastAP
         app.include_router(_probe_routes(runtime, prefix))
     app.include_router(_token_route(runtime))
     app.include_router(_business_routes(runtime))
+    app.include_router(_dashboard_routes(runtime))
     app.include_router(_admin_routes(runtime))
+    app.include_router(_ui_routes(runtime))
     if runtime.settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -510,4 +818,7 @@ def create_api(runtime: ServingRuntime, manage_lifecycle: bool = True) -> FastAP
             max_age=600,
         )
     app.add_middleware(RequestMetrics, runtime=runtime)
+    # Outermost (added last): the request id is bound for everything inside, and the request
+    # line records the status whatever layer produced it.
+    app.add_middleware(RequestContextMiddleware, echo_header=echo_request_id)
     return app

@@ -16,8 +16,10 @@ from pydantic import BaseModel, ConfigDict
 from ray import serve
 from ray.serve import Application
 
+from churn_core.logging import LogSetup, log_setup
 from churn_core.prediction_log import PredictionLogTarget, prediction_log_target
 from churn_core.settings import ServeSettings, Settings, load_settings
+from churn_core.tables import Tables
 from serve_apps.api import create_api
 from serve_apps.runtime import build_runtime
 from serve_apps.service import ModelSource, RegistryLoader
@@ -34,18 +36,27 @@ class ChurnAPI:
         settings: ServeSettings,
         project_root: str,
         prediction_log: PredictionLogTarget | None = None,
+        lake: str | None = None,
+        logs: LogSetup | None = None,
     ) -> None:
+        # The replica's entry point: its lines are the same JSON as every other process's
+        # (Ray keeps its stderr in the session's log files; the file template applies too).
+        if logs is not None:
+            logs.apply()
         root = Path(project_root)
         self.runtime = build_runtime(
             settings,
             source,
             lambda p: p if p.is_absolute() else root / p,
             prediction_log=prediction_log,
+            # The data set's tables, read by the dashboard's views (scores, drift).
+            tables=Tables(Path(lake)) if lake else None,
         )
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Ray Serve calls this after ``__init__`` to get the replica's ASGI app."""
-        return create_api(self.runtime)
+        # Serve's HTTP layer returns X-Request-ID itself.
+        return create_api(self.runtime, echo_request_id=False)
 
     async def check_health(self) -> None:
         """Serve's health check: a replica without a model is replaced."""
@@ -100,6 +111,9 @@ def build_app(args: dict[str, Any]) -> Application:
         project_root=root,
         model_name=parsed.model_name or settings.model_name,
         alias=serve_settings.alias,
+        encryption=settings.encryption,
     )
     log_target = prediction_log_target(settings)
-    return ChurnAPI.bind(source, serve_settings, root, log_target)  # type: ignore[attr-defined, no-any-return]
+    lake = str(settings.dataset_lake)
+    logs = log_setup(settings, "serve")
+    return ChurnAPI.bind(source, serve_settings, root, log_target, lake, logs)  # type: ignore[attr-defined, no-any-return]

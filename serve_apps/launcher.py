@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from churn_core.settings import ServeSettings, Settings
+from churn_core.tls import server_ssl_options
 
 
 class ServeStartError(RuntimeError):
@@ -37,6 +38,7 @@ def load_serve_config(
         raise FileNotFoundError(f"Serve config not found: {path}")
     config: dict[str, Any] = yaml.safe_load(path.read_text())
     config.setdefault("http_options", {}).update(host=settings.serve.host, port=settings.serve.port)
+    config["http_options"].update(serve_tls_options(settings))
     for app in config.get("applications", []):
         app.setdefault("args", {}).update(
             env=settings.env,
@@ -88,7 +90,31 @@ def deploy(
         if time.monotonic() > deadline:
             raise ServeStartError(f"Serve apps not running after {timeout_s:.0f} s: {states}")
         time.sleep(0.5)
-    return f"http://{settings.serve.host}:{settings.serve.port}"
+    scheme = "https" if settings.serve.tls_cert_file is not None else "http"
+    return f"{scheme}://{settings.serve.host}:{settings.serve.port}"
+
+
+def serve_tls_options(settings: Settings) -> dict[str, str]:
+    """``ssl_certfile``/``ssl_keyfile`` for Serve's ``http_options`` (empty: plain HTTP).
+
+    Ray's Python proxy (``serve.ingress: proxy``) serves HTTPS with them. Ray 2.60's HAProxy
+    mode cannot: its frontend binds without ``ssl`` and its backends speak plain HTTP to the
+    replicas, and ``http_options`` would instead turn each replica's own server to HTTPS
+    behind it. So HAProxy mode with a certificate is refused; TLS then terminates at the
+    Ingress or load balancer in front (``kuberay/chart``'s NGINX Ingress does).
+    """
+    serve = settings.serve
+    if serve.tls_cert_file is None or serve.tls_key_file is None:
+        return {}
+    if serve.ingress == "haproxy":
+        raise ServeStartError(
+            "serve.tls_cert_file is set but serve.ingress is 'haproxy': Ray's HAProxy "
+            "frontend cannot terminate TLS; set serve.ingress to 'proxy', or terminate TLS "
+            "at an ingress in front and unset serve.tls_cert_file"
+        )
+    return server_ssl_options(
+        settings.resolve(serve.tls_cert_file), settings.resolve(serve.tls_key_file)
+    )
 
 
 def serve_environment(settings: ServeSettings, workdir: Path) -> dict[str, str]:

@@ -27,7 +27,8 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from churn_core.online_features import decode_features, describe_error, feature_key, lookup_sql
-from churn_core.settings import OnlineStoreSettings
+from churn_core.settings import OnlineStoreSettings, TlsSettings
+from churn_core.tls import postgres_params, redis_options
 
 __all__ = ["OnlineFeatureStore", "OnlineLookup", "OnlineStoreUnavailable"]
 
@@ -97,27 +98,32 @@ class OnlineFeatureStore:
             "redis": OK if self._redis_url else DISABLED,
             "postgres": OK if self._postgres_url else DISABLED,
         }
-        self._redis = self._redis_client(self._redis_url, timeout_s)
-        self._pool = self._postgres_pool(self._postgres_url, postgres_timeout_s)
+        self._redis = self._redis_client(self._redis_url, timeout_s, settings.redis_tls)
+        self._pool = self._postgres_pool(
+            self._postgres_url, postgres_timeout_s, settings.postgres_tls
+        )
 
     @staticmethod
-    def _redis_client(url: str | None, timeout_s: float) -> aioredis.Redis | None:
+    def _redis_client(url: str | None, timeout_s: float, tls: TlsSettings) -> aioredis.Redis | None:
         if url is None:
             return None
+        url, tls_options = redis_options(url, tls, "serve.online_store.redis_tls")
         # No retries: the fallback is PostgreSQL, not a second wait on the same dead server.
         return aioredis.Redis.from_url(
             url,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0),
+            **tls_options,
         )
 
     @staticmethod
     def _postgres_pool(
-        url: str | None, timeout_s: float
+        url: str | None, timeout_s: float, tls: TlsSettings
     ) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None:
         if url is None:
             return None
+        tls_params = postgres_params(tls, "serve.online_store.postgres_tls")
         return AsyncConnectionPool(
             url,
             min_size=1,
@@ -131,6 +137,7 @@ class OnlineFeatureStore:
                 "autocommit": True,
                 "connect_timeout": max(1, round(timeout_s)),
                 "application_name": "churn-online-store",
+                **tls_params,
             },
             name="online-features",
         )

@@ -16,6 +16,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from churn_core.settings import TlsSettings
+from churn_core.tls import redis_options
+
 T = TypeVar("T")
 
 # After a failure, calls skip Redis for this long instead of each waiting for a timeout.
@@ -26,18 +29,25 @@ class RedisLink:
     """A shared async Redis client that degrades instead of failing."""
 
     def __init__(
-        self, url: str | None, timeout_s: float, clock: Callable[[], float] = time.monotonic
+        self,
+        url: str | None,
+        timeout_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        tls: TlsSettings | None = None,
+        tls_setting: str = "serve.redis_tls",
     ) -> None:
-        self._client: aioredis.Redis | None = (
-            aioredis.Redis.from_url(
+        self._client: aioredis.Redis | None = None
+        if url:
+            # A missing TLS file fails here, when the replica starts, naming the setting.
+            url, tls_options = redis_options(url, tls or TlsSettings(), tls_setting)
+            self._client = aioredis.Redis.from_url(
                 url,
                 socket_timeout=timeout_s,
                 socket_connect_timeout=timeout_s,
                 health_check_interval=30,
+                **tls_options,
             )
-            if url
-            else None
-        )
         self._clock = clock
         self._open_until = 0.0
         self.last_error: str | None = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,12 +25,15 @@ from churn_core.prediction_log import (
     prediction_row,
 )
 from churn_core.settings import ServeSettings
+from churn_core.tables import Tables
 from serve_apps.auth import Authenticator
 from serve_apps.cache import PredictionCache
+from serve_apps.dashboard import DashboardData, ui_status
 from serve_apps.limits import RateLimiter
 from serve_apps.metrics import ServeMetrics
 from serve_apps.online_store import OnlineFeatureStore, OnlineLookup
 from serve_apps.redis_link import RedisLink
+from serve_apps.request_context import note_request
 from serve_apps.service import ModelSource, PredictionService, ReasonsMode
 
 log = structlog.get_logger(__name__)
@@ -60,8 +64,14 @@ class ServingRuntime:
     batch_scorer: (
         Callable[[tuple[PredictionService, Mapping[str, Any]]], Awaitable[dict[str, Any]]] | None
     ) = None
+    # The web dashboard's data (scores, gold, drift tables) and static build; None: not served.
+    dashboard: DashboardData | None = None
+    ui_dir: Path | None = None
     served: Counter[str] = field(default_factory=Counter)
     last_reload_error: str | None = None
+    # Names this replica in the dashboard's live view: its counters are its own.
+    replica_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     _reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _watcher: asyncio.Task[None] | None = None
 
@@ -74,6 +84,10 @@ class ServingRuntime:
         """Open connections and start watching the serving alias."""
         self.metrics.model_version.set(self.service.version)
         self.metrics.redis_configured.set(1 if self.link.configured else 0)
+        dashboard = ui_status(self.ui_dir)
+        if dashboard != "ok":
+            # Not an error: the API serves without it; /readyz says the same.
+            log.warning("dashboard_not_served", ui=dashboard)
         if self.prediction_log is not None:
             self.prediction_log.start()
         if self.online_store is not None:
@@ -164,6 +178,7 @@ class ServingRuntime:
             await self.cache.put(key, scored)
         self.metrics.redis_up.set(1 if self.link.up else 0)
         answer = service.answer(scored, customer_id, features_from)
+        note_request(model_version=service.version, prediction_ids=[answer["prediction_id"]])
         self._count([answer])
         self._log("predict", service, [answer], [features], [as_of])
         return answer
@@ -186,6 +201,10 @@ class ServingRuntime:
             service.answer(s, c, f)
             for s, c, f in zip(scored, customer_ids, features_from, strict=True)
         ]
+        # Every id (up to max_batch_records): any answer's id must lead back to its request.
+        note_request(
+            model_version=service.version, prediction_ids=[a["prediction_id"] for a in answers]
+        )
         self._count(answers)
         self._log("batch_predict", service, answers, records, as_of or [None] * len(answers))
         return service.version, answers
@@ -243,6 +262,7 @@ class ServingRuntime:
             "redis": self.link.status(),
             "online_store": self.online_store.status() if self.online_store else "not configured",
             "last_reload_error": self.last_reload_error,
+            "dashboard": ui_status(self.ui_dir),
         }
         degraded = self.link.configured and not self.link.up
         status = "degraded" if degraded else "ready"
@@ -255,13 +275,19 @@ def build_runtime(
     resolve: Callable[[Path], Path],
     contract_name: str | None = None,
     prediction_log: PredictionLogTarget | None = None,
+    tables: Tables | None = None,
 ) -> ServingRuntime:
-    """Load the serving version and wire the runtime from settings (nothing starts yet)."""
+    """Load the serving version and wire the runtime from settings (nothing starts yet).
+
+    ``tables`` (the data set's Delta tables) feed the dashboard's views of scores and drift;
+    without them those views answer as if nothing had been scored or checked yet.
+    """
     model, meta = source.load()
     service = PredictionService(model, meta, settings.threshold, settings.top_reasons)
     link = RedisLink(
         settings.redis_url.get_secret_value() if settings.redis_url else None,
         settings.redis_timeout_s,
+        tls=settings.redis_tls,
     )
     store_settings = settings.online_store
     online_store = None
@@ -290,4 +316,8 @@ def build_runtime(
         ),
         online_store=online_store,
         prediction_log=writer,
+        dashboard=(
+            DashboardData(tables, model.contract.entity_key) if tables is not None else None
+        ),
+        ui_dir=resolve(settings.ui_dir),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
@@ -157,3 +158,262 @@ class ErrorBody(BaseModel):
 
     error: str
     detail: list[ErrorDetail] = Field(default_factory=list)
+
+
+# --- the web dashboard's read-only views (``/v1/dashboard/...``, role ``viewer``) -------------
+
+
+class ScoredCustomer(BaseModel):
+    """One customer's batch score: probability, label, top reasons and which slice it is from."""
+
+    customer_id: str
+    probability: float = Field(ge=0, le=1)
+    churn: bool
+    threshold: float | None = None
+    reasons: list[Reason]
+    snapshot_date: date
+    model_version: int
+    scored_at: datetime | None = None
+
+
+class ScoresPage(BaseModel):
+    """A page of the latest scoring slice, filtered and sorted on the server.
+
+    ``snapshot_date`` and ``model_version`` name the slice (``None``: nothing scored yet);
+    ``customers`` and ``at_risk`` count the slice within the caller's customer scope,
+    ``matching`` the rows that pass the filters.
+    """
+
+    snapshot_date: date | None
+    model_version: int | None
+    scored_at: datetime | None
+    threshold: float | None
+    customers: int
+    at_risk: int
+    matching: int
+    offset: int
+    limit: int
+    sort: str
+    order: str
+    items: list[ScoredCustomer]
+    # Feature names a reason filter may name (the serving contract's).
+    features: list[str]
+
+
+class ScoreHistoryPoint(BaseModel):
+    """The customer's score in one slice (snapshot, model version)."""
+
+    snapshot_date: date
+    model_version: int
+    probability: float
+    churn: bool
+    scored_at: datetime | None = None
+
+
+class CustomerDetail(BaseModel):
+    """One customer: the current score, its history, the scored features and every feature's push.
+
+    ``contributions`` are exact SHAP values (log-odds) of every contract feature for the features
+    the score was computed from, explained by ``explained_by`` (the serving version);
+    ``base_value`` + the contributions = the log-odds of ``explained_probability``.
+    """
+
+    customer_id: str
+    score: ScoredCustomer
+    history: list[ScoreHistoryPoint]
+    features: dict[str, float | bool | str | None]
+    contributions: list[Reason]
+    base_value: float | None
+    explained_by: int | None
+    explained_probability: float | None
+
+
+class VersionSummary(BaseModel):
+    """A registered version as the model page lists it."""
+
+    version: int
+    created_at: datetime
+    aliases: list[str]
+    metrics: dict[str, float]
+    threshold: float | None
+    registered_by: str | None
+    has_report: bool
+    lineage: dict[str, Any]
+
+
+class AliasMove(BaseModel):
+    """One recorded move of an alias."""
+
+    alias: str
+    action: str
+    from_version: int | None
+    to_version: int
+    at: datetime
+    actor: str
+    reason: str
+    forced: bool
+
+
+class ModelCatalog(BaseModel):
+    """Every version of the served model, its aliases and their recent moves."""
+
+    model_name: str
+    serving_alias: str
+    serving_version: int
+    aliases: dict[str, int]
+    versions: list[VersionSummary]
+    alias_history: list[AliasMove]
+
+
+class CurvePoints(BaseModel):
+    """A curve (ROC: false/true positive rate; PR: recall/precision), subsampled."""
+
+    x: list[float]
+    y: list[float]
+
+
+class CalibrationBin(BaseModel):
+    """One equal-frequency bin of the reliability diagram."""
+
+    n: int
+    score_min: float
+    score_max: float
+    mean_score: float
+    observed_rate: float
+
+
+class LiftBin(BaseModel):
+    """One decile of the test rows ranked by score, most likely churners first."""
+
+    decile: int
+    n: int
+    positives: int
+    score_min: float
+    rate: float
+    lift: float | None
+    cumulative_capture: float | None
+    cumulative_lift: float | None
+
+
+class ThresholdSummary(BaseModel):
+    """Confusion matrix and rates at the version's decision threshold."""
+
+    threshold: float
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+    precision: float | None
+    recall: float | None
+    f1: float | None
+
+
+class ModelReport(BaseModel):
+    """A version's evaluation report on its test split (``report.json`` stored with it)."""
+
+    model_version: int
+    n: int
+    positives: int
+    base_rate: float
+    metrics: dict[str, float]
+    roc: CurvePoints | None
+    pr: CurvePoints | None
+    calibration: list[CalibrationBin]
+    lift: list[LiftBin]
+    at_threshold: ThresholdSummary | None
+    # {"<segment>=<value>": {"n": ..., "roc_auc": ..., ...}}
+    segments: dict[str, dict[str, float | None]]
+    # {"gain" | "cover" | "weight" | "shap": {"<feature>": value}}
+    importance: dict[str, dict[str, float]]
+    notes: list[str]
+
+
+class DriftPoint(BaseModel):
+    """One feature's statistics in one drift run."""
+
+    run_id: str
+    run_at: datetime
+    model_version: int
+    n_reference: int
+    n_current: int
+    psi: float | None
+    js_distance: float | None
+    ks_pvalue: float | None
+    chi2_pvalue: float | None
+    status: str
+
+
+class FeatureDriftSeries(BaseModel):
+    """One feature (or the score) across drift runs, oldest first."""
+
+    feature: str
+    kind: str
+    points: list[DriftPoint]
+
+
+class DriftRunSummary(BaseModel):
+    """One drift run: its window and what drifted."""
+
+    run_id: str
+    run_at: datetime
+    model_version: int
+    window_start: datetime
+    window_end: datetime
+    n_current: int
+    drifted: list[str]
+    insufficient: int
+
+
+class DriftAlert(BaseModel):
+    """An alert a drift run raised: one per drifted feature (what the job emails and posts)."""
+
+    run_id: str
+    run_at: datetime
+    model_version: int
+    feature: str
+    kind: str
+    reasons: list[str]
+    psi: float | None
+    js_distance: float | None
+
+
+class DriftHistory(BaseModel):
+    """The latest drift runs (newest first), per-feature series and the alerts they raised."""
+
+    runs: list[DriftRunSummary]
+    features: list[FeatureDriftSeries]
+    alerts: list[DriftAlert]
+
+
+class HistogramBucket(BaseModel):
+    """Requests that took at most ``le`` seconds (cumulative; ``le`` None is +Inf)."""
+
+    le: float | None
+    count: float
+
+
+class RouteStats(BaseModel):
+    """One route's request counts by status and its latency histogram, since the replica began."""
+
+    route: str
+    requests: dict[str, float]
+    latency_count: float
+    latency_sum: float
+    buckets: list[HistogramBucket]
+
+
+class LiveStats(BaseModel):
+    """The answering replica's own counters (cumulative since ``started_at``).
+
+    Rates need two samples of the same ``replica``: behind HAProxy successive polls may reach
+    different replicas, each with counters of its own.
+    """
+
+    replica: str
+    started_at: datetime
+    now: datetime
+    model_version: int
+    routes: list[RouteStats]
+    cache: dict[str, float]
+    predictions: dict[str, float]
+    rate_limited: float

@@ -9,8 +9,14 @@ from typing import Any, Literal, Protocol
 
 from churn_core.model import ChurnModel
 from churn_core.prediction_log import new_prediction_id
-from churn_core.registry import ModelVersion, PromotionResult, Registry, open_registry
-from churn_core.settings import RegistrySettings
+from churn_core.registry import (
+    AliasEvent,
+    ModelVersion,
+    PromotionResult,
+    Registry,
+    open_registry,
+)
+from churn_core.settings import EncryptionSettings, RegistrySettings
 
 # How a batch explains its predictions: exact TreeSHAP, Saabas approximation, or not at all.
 ReasonsMode = Literal["exact", "approximate", "none"]
@@ -35,15 +41,37 @@ class ModelSource(Protocol):
         """Move the serving alias to ``version`` through the promotion gates."""
         ...
 
+    def list_versions(self) -> list[ModelVersion]:
+        """Metadata of every registered version, oldest first (the dashboard's model page)."""
+        ...
+
+    def aliases(self) -> dict[str, int]:
+        """Every alias of the model and the version it points to."""
+        ...
+
+    def alias_history(self) -> list[AliasEvent]:
+        """Every recorded alias move, oldest first."""
+        ...
+
+    def read_file(self, version: int, filename: str) -> bytes:
+        """A stored file of ``version`` (its evaluation report, say), checksum-verified."""
+        ...
+
 
 @dataclass
 class RegistryLoader:
-    """Loads the version an alias points to from the model registry."""
+    """Loads the version an alias points to from the model registry.
+
+    ``encryption`` (``Settings.encryption``) decrypts encrypted artifacts; it travels with the
+    loader to the replicas like ``registry.mongodb_url`` does (``keys_file`` keeps the keys
+    themselves out of it: each replica reads the mounted file).
+    """
 
     registry: RegistrySettings
     project_root: str
     model_name: str
     alias: str
+    encryption: EncryptionSettings | None = None
     _open: Registry | None = field(default=None, init=False, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -55,7 +83,7 @@ class RegistryLoader:
 
     def _registry(self) -> Registry:
         if self._open is None:
-            self._open = open_registry(self.registry, self._resolve)
+            self._open = open_registry(self.registry, self._resolve, encryption=self.encryption)
         return self._open
 
     def current_version(self) -> int:
@@ -77,6 +105,22 @@ class RegistryLoader:
         return self._registry().promote(
             self.model_name, version, self.alias, reason=reason, actor=actor
         )
+
+    def list_versions(self) -> list[ModelVersion]:
+        """Metadata of every version, oldest first."""
+        return self._registry().list(self.model_name)
+
+    def aliases(self) -> dict[str, int]:
+        """Alias -> version number."""
+        return self._registry().aliases(self.model_name)
+
+    def alias_history(self) -> list[AliasEvent]:
+        """Every recorded move of every alias, oldest first."""
+        return self._registry().alias_history(self.model_name)
+
+    def read_file(self, version: int, filename: str) -> bytes:
+        """A stored file of ``version``, checksum-verified."""
+        return self._registry().read_file(self.model_name, version, filename)
 
 
 @dataclass(frozen=True)

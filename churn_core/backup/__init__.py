@@ -6,6 +6,7 @@ Layout of one backup under ``backup.root`` (a local folder or any pyarrow file s
       manifest.json                every file with size + sha256, Delta versions, registry
                                    versions and aliases, dumps, code version, tool version
       manifest.json.sha256         the manifest's own checksum
+      manifest.json.seal           encrypted backups only: that checksum under the key
       delta/<table>/...            each Delta table at one version, self-contained
       postgres/<db>_<host>_<port>.dump    pg_dump --format=custom
       mongodb/<role>/<collection>.jsonl   canonical extended JSON, + .indexes.json
@@ -13,7 +14,8 @@ Layout of one backup under ``backup.root`` (a local folder or any pyarrow file s
       artifacts/<model>/versions/<n>/...  every file of every model version
       configs/...                  the configuration folder, secrets redacted
 
-A backup is written as ``.incomplete-<id>/`` and renamed when its manifest is in.
+A backup is written as ``.incomplete-<id>/`` and renamed when its manifest is in. With
+``encryption.backups`` every file but the manifest is stored encrypted (``churn_core.encryption``).
 Modules: :mod:`.create` (``churn backup``), :mod:`.restore` (``churn restore``),
 :mod:`.time_travel` (``churn restore-table``), one module per store, :mod:`.storage`,
 :mod:`.manifest`, :mod:`.retention`.

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from churn_core.backup import configs, delta, mongo, postgres
 from churn_core.backup.manifest import (
+    ENCRYPTED_FORMAT,
+    FORMAT,
     BackupError,
     DeltaEntry,
     Manifest,
@@ -28,6 +30,7 @@ from churn_core.backup.progress import LockedReporter, Reporter, SilentReporter,
 from churn_core.backup.registry import export_registry
 from churn_core.backup.retention import apply_retention
 from churn_core.backup.storage import BackupStore, BackupWriter, new_backup_id
+from churn_core.encryption import EncryptionError, load_keyring
 from churn_core.logging import get_logger
 from churn_core.registry import open_registry
 from churn_core.settings import Settings
@@ -56,11 +59,19 @@ class BackupSummary:
 
 
 def open_store(settings: Settings) -> BackupStore:
-    """The backup root of the settings (a relative local path is taken from the project root)."""
+    """The backup root of the settings (a relative local path is taken from the project root).
+
+    The store holds the configured encryption keys, if any: they decrypt encrypted backups
+    whatever ``encryption.backups`` says now, and encrypt new ones when it is on.
+    """
     root = settings.backup.root
     if "://" not in root:
         root = str(settings.resolve(Path(root)))
-    return BackupStore.from_uri(root)
+    try:
+        keyring = load_keyring(settings.encryption, settings.resolve)
+    except EncryptionError as error:
+        raise BackupError(str(error)) from None
+    return BackupStore.from_uri(root, keyring)
 
 
 def code_version(root: Path) -> str:
@@ -138,7 +149,9 @@ def _backup_stores(
     targets = mongo.mongo_targets(settings)
     registry_target = next((t for t in targets if t.role == "registry"), None)
     reporter.stage("registry")
-    with open_registry(settings.registry, settings.resolve) as registry:
+    with open_registry(
+        settings.registry, settings.resolve, encryption=settings.encryption
+    ) as registry:
         registry_entry, registry_mongo = export_registry(
             settings, registry, writer, registry_target, reporter, workers
         )
@@ -161,8 +174,13 @@ def create_backup(
     report = LockedReporter(reporter or SilentReporter())
     store = open_store(settings)
     backup_id = new_backup_id(began)
-    writer = store.begin(backup_id)
-    log.info("backup started", backup=backup_id, location=store.description)
+    writer = store.begin(backup_id, encrypt=settings.encryption.backups)
+    log.info(
+        "backup started",
+        backup=backup_id,
+        location=store.description,
+        encrypted_with=writer.encryption.key_id if writer.encryption else None,
+    )
     try:
         registry_entry, mongo_entries, delta_entries, postgres_entries = _backup_stores(
             settings, writer, report
@@ -171,6 +189,7 @@ def create_backup(
         secrets = configs.known_secrets(settings)
         copied, redactions = configs.export_configs(configs.config_dir(), writer, secrets)
         manifest = Manifest(
+            format=FORMAT if writer.encryption is None else ENCRYPTED_FORMAT,
             id=backup_id,
             created_at=began,
             seconds=round(time.perf_counter() - started, 3),
@@ -184,6 +203,7 @@ def create_backup(
             configs=copied,
             redacted_values=redactions,
             files=writer.entries,
+            encryption=writer.encryption,
         )
         writer.commit(manifest)
     except BaseException:

@@ -4,6 +4,13 @@
 renamed to its id: a folder named like a backup id that holds a manifest is a complete backup.
 ``manifest.json.sha256`` guards the manifest itself, so a changed manifest is caught like a
 changed data file.
+
+An encrypted backup (``encryption.backups``) lists the size and sha256 of each file's
+*ciphertext*, so ``churn backup --verify`` checks it without the key; the manifest itself stays
+readable (it names tables, versions and databases, never their contents) and is sealed by
+``manifest.json.seal``: its sha256 encrypted under the backup's key, which only a key holder
+can write, so a manifest edited to drop a file or to claim the backup is unencrypted is caught
+by a restore that has the key.
 """
 
 from __future__ import annotations
@@ -17,8 +24,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SHA_NAME = "manifest.json.sha256"
-# Bumped when the layout changes in a way an older restore could not read.
+MANIFEST_SEAL_NAME = "manifest.json.seal"
+# Bumped when the layout changes in a way an older restore could not read: an encrypted backup
+# is format 2, so a restore that predates encryption refuses it instead of writing ciphertext.
 FORMAT = 1
+ENCRYPTED_FORMAT = 2
+FORMATS = (FORMAT, ENCRYPTED_FORMAT)
+# churn_core.encryption's file format 1: AES-256-GCM chunks, data key wrapped per file.
+ENCRYPTION_SCHEME = "aes-256-gcm-envelope-v1"
 TOOL = "churn-backup"
 TOOL_VERSION = "1.0"
 
@@ -37,8 +50,20 @@ class FileEntry(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     path: str
+    # Of the bytes stored (the ciphertext, when encrypted).
     size: int
     sha256: str
+    encrypted: bool = False
+
+
+class BackupEncryption(BaseModel):
+    """How an encrypted backup was encrypted (key ids only; never key material)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    scheme: str = ENCRYPTION_SCHEME
+    # The key that wrapped every file's data key when the backup was written.
+    key_id: str
 
 
 class DeltaEntry(BaseModel):
@@ -126,6 +151,7 @@ class Manifest(BaseModel):
     configs: list[str] = Field(default_factory=list)
     redacted_values: int = 0
     files: list[FileEntry] = Field(default_factory=list)
+    encryption: BackupEncryption | None = None
 
     @property
     def total_bytes(self) -> int:
@@ -150,10 +176,33 @@ def parse_manifest(data: bytes, recorded_sha256: str | None, where: str) -> Mani
         loaded = json.loads(data)
     except ValueError as error:
         raise BackupCorrupt(f"{where}: {MANIFEST_NAME} is not JSON: {error}") from None
-    if not isinstance(loaded, dict) or loaded.get("format") != FORMAT:
+    if not isinstance(loaded, dict) or loaded.get("format") not in FORMATS:
         found = loaded.get("format") if isinstance(loaded, dict) else None
-        raise BackupError(f"{where}: manifest format {found!r}, this tool reads format {FORMAT}")
-    return Manifest.model_validate(loaded)
+        raise BackupError(
+            f"{where}: manifest format {found!r}, this tool reads formats "
+            f"{', '.join(map(str, FORMATS))}"
+        )
+    manifest = Manifest.model_validate(loaded)
+    encrypted = manifest.encryption is not None
+    if (manifest.format == ENCRYPTED_FORMAT) != encrypted or any(
+        f.encrypted != encrypted for f in manifest.files
+    ):
+        raise BackupCorrupt(f"{where}: {MANIFEST_NAME} is inconsistent about encryption")
+    if manifest.encryption is not None and manifest.encryption.scheme != ENCRYPTION_SCHEME:
+        raise BackupError(
+            f"{where}: encryption scheme {manifest.encryption.scheme!r}, this tool reads "
+            f"{ENCRYPTION_SCHEME!r}"
+        )
+    return manifest
+
+
+def sealed_name(backup_id: str, path: str) -> str:
+    """The logical name a backup's file is encrypted under: its backup and path.
+
+    Bound into each file's authentication, so a file moved to another path, or taken from
+    another backup, fails to decrypt.
+    """
+    return f"churn-backup:{backup_id}/{path}"
 
 
 def compare_file(entry: FileEntry, size: int, sha256: str) -> str | None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -25,7 +25,8 @@ from churn_core.backup.manifest import BackupError, FileEntry, MongoEntry
 from churn_core.backup.progress import Reporter
 from churn_core.backup.storage import BackupStore, BackupWriter, display_uri
 from churn_core.logging import get_logger
-from churn_core.settings import Settings
+from churn_core.settings import Settings, TlsSettings
+from churn_core.tls import mongo_options
 
 if TYPE_CHECKING:
     from pymongo import MongoClient
@@ -50,6 +51,13 @@ class MongoTarget:
     url: str
     database: str
     timeout_s: float
+    # TLS of the same connection: the setting next to ``setting`` (registry.mongodb_tls).
+    tls: TlsSettings = field(default_factory=TlsSettings)
+
+    @property
+    def tls_setting(self) -> str:
+        """Where ``tls`` sits in the settings, for error messages."""
+        return self.setting.removesuffix("_url") + "_tls"
 
     @property
     def display(self) -> str:
@@ -69,6 +77,7 @@ def mongo_targets(settings: Settings) -> list[MongoTarget]:
                 registry.mongodb_url.get_secret_value(),
                 registry.mongodb_database,
                 registry.mongodb_timeout_s,
+                registry.mongodb_tls,
             )
         )
     if monitoring.mongodb_url is not None:
@@ -78,6 +87,7 @@ def mongo_targets(settings: Settings) -> list[MongoTarget]:
             monitoring.mongodb_url.get_secret_value(),
             monitoring.mongodb_database,
             monitoring.mongodb_timeout_s,
+            monitoring.mongodb_tls,
         )
         # One database used for both is backed up (and restored) once.
         if not any(_same_database(t, candidate) for t in targets):
@@ -100,6 +110,7 @@ def _database(target: MongoTarget) -> Iterator[Database[dict[str, Any]]]:
         serverSelectionTimeoutMS=timeout_ms,
         connectTimeoutMS=timeout_ms,
         appname="churn-backup",
+        **mongo_options(target.tls, target.tls_setting),
     )
     try:
         yield client.get_database(target.database, write_concern=WriteConcern(w="majority", j=True))

@@ -24,6 +24,8 @@ from pydantic import BaseModel, SecretStr
 
 from churn_core.backup.manifest import BackupError
 from churn_core.logging import get_logger
+from churn_core.settings import TlsSettings
+from churn_core.tls import postgres_url
 
 log = get_logger(__name__)
 
@@ -111,8 +113,20 @@ def split_password(url: str) -> tuple[str, str | None]:
     return urlunsplit((parts.scheme, netloc, parts.path, urlencode(kept), "")), password
 
 
+def _tls_sibling(model: BaseModel, name: str) -> str | None:
+    """The TLS field next to URL field ``name``: ``url`` -> ``tls``, ``x_url`` -> ``x_tls``."""
+    if not name.endswith("url"):
+        return None
+    sibling = name.removesuffix("url") + "tls"
+    return sibling if sibling in type(model).model_fields else None
+
+
 def _walk(value: Any, path: str) -> Iterator[tuple[str, str]]:
-    """(setting path, URL) of every PostgreSQL URL inside a settings value."""
+    """(setting path, URL) of every PostgreSQL URL inside a settings value.
+
+    A URL whose connection has TLS settings (the ``*_tls`` field next to it) comes with them
+    as libpq parameters in its query, so ``pg_dump``, ``pg_restore`` and psycopg all use them.
+    """
     if isinstance(value, SecretStr):
         value = value.get_secret_value()
     if isinstance(value, str):
@@ -120,7 +134,13 @@ def _walk(value: Any, path: str) -> Iterator[tuple[str, str]]:
             yield path, value
     elif isinstance(value, BaseModel):
         for name in type(value).model_fields:
-            yield from _walk(getattr(value, name), f"{path}.{name}" if path else name)
+            child = f"{path}.{name}" if path else name
+            sibling = _tls_sibling(value, name)
+            tls = getattr(value, sibling) if sibling else None
+            for where, url in _walk(getattr(value, name), child):
+                if isinstance(tls, TlsSettings):
+                    url = postgres_url(url, tls, f"{path}.{sibling}" if path else str(sibling))
+                yield where, url
     elif isinstance(value, Mapping):
         for key, item in value.items():
             yield from _walk(item, f"{path}.{key}" if path else str(key))

@@ -6,7 +6,10 @@ through the registry's artifact store, which checks it against the checksum reco
 registration: a damaged artifact fails the backup instead of being preserved silently.
 
 Restore writes in registration order: artifacts first, metadata last, so no version becomes
-visible before its files are back.
+visible before its files are back. Artifacts are backed up as read through the registry
+(decrypted, checksum-verified) and stored under the backup's own encryption; a restore writes
+them back through the artifact store, which encrypts them again when ``encryption.registry``
+is on.
 
 Layout in the backup::
 
@@ -194,6 +197,20 @@ def existing_artifacts(registry: Registry, files: list[FileEntry]) -> list[str]:
     ]
 
 
+def _restore_artifact(
+    registry: Registry, store: BackupStore, backup_id: str, entry: FileEntry, reporter: Reporter
+) -> None:
+    """One artifact back through the artifact store: re-encrypted under the registry's key and
+    the artifact's own name when ``encryption.registry`` is on (a backup's encryption is bound
+    to the backup, not to the store)."""
+    data = store.read_file(backup_id, entry)
+    # Any split of the path works (report files may sit in sub-folders): the store joins the
+    # two again, for the file's location and for the name it is encrypted under.
+    directory, filename = entry.path.removeprefix(f"{ARTIFACTS}/").rsplit("/", 1)
+    registry.artifacts.restore_file(directory, filename, data)
+    reporter.advance(entry.size)
+
+
 def restore_artifacts(
     registry: Registry,
     store: BackupStore,
@@ -203,11 +220,7 @@ def restore_artifacts(
     workers: int,
 ) -> int:
     """Copy every backed-up artifact into the configured artifact store; returns files written."""
-    filesystem = registry.artifacts.filesystem
-    jobs = [
-        partial(store.copy_out, backup_id, f, filesystem, artifact_target(registry, f), reporter)
-        for f in files
-    ]
+    jobs = [partial(_restore_artifact, registry, store, backup_id, f, reporter) for f in files]
     run_parallel(jobs, workers)
     return len(jobs)
 

@@ -3,7 +3,10 @@
 Three phases, and nothing is written before the third:
 
 1. **verify**: every file of the backup is read and compared with the manifest (size and
-   sha256); one that differs stops the restore with a line naming it;
+   sha256); one that differs stops the restore with a line naming it. An encrypted backup is
+   also decrypted here, seal first (plaintext discarded), so a wrong key or a forged file
+   stops the restore before anything is written; with ``encryption.backups`` on, a backup
+   that is not encrypted is refused unless ``allow_unencrypted`` (one taken before then);
 2. **plan**: where each part goes under the current settings (a store may have moved since the
    backup: a PostgreSQL dump goes to wherever its settings point now), and whether each target
    is empty; a non-empty target refuses the restore unless ``force``;
@@ -115,6 +118,20 @@ def _mongo_plan(
             )
         plans.append((target, entry))
     return plans
+
+
+def _check_encryption(settings: Settings, manifest: Manifest, allow_unencrypted: bool) -> None:
+    """Refuse an unencrypted backup where backups must be encrypted (unless allowed).
+
+    Otherwise a manifest edited to say "not encrypted" (its checksum is not keyed) would make
+    the restore write whatever files it lists without authenticating them.
+    """
+    if settings.encryption.backups and manifest.encryption is None and not allow_unencrypted:
+        raise BackupError(
+            f"backup {manifest.id} is not encrypted, and encryption.backups is on: refusing "
+            "an unauthenticated backup (one taken before encryption was switched on restores "
+            "with --allow-unencrypted)"
+        )
 
 
 def _check_compatible(settings: Settings, manifest: Manifest) -> None:
@@ -282,17 +299,26 @@ def restore_backup(
     create_databases: bool = True,
     configs_to: Path | None = None,
     reporter: Reporter | None = None,
+    allow_unencrypted: bool = False,
 ) -> RestoreSummary:
-    """Verify, plan and write a restore of backup ``ref`` (an id or ``latest``)."""
+    """Verify, plan and write a restore of backup ``ref`` (an id or ``latest``).
+
+    ``allow_unencrypted``: restore a backup without encryption although ``encryption.backups``
+    is on (one taken before it was switched on); its artifacts are encrypted as they go back
+    when ``encryption.registry`` is on.
+    """
     started = time.perf_counter()
     report = LockedReporter(reporter or SilentReporter())
     store = open_store(settings)
     backup_id = store.resolve(ref)
-    manifest = store.verify(backup_id, settings.backup.workers, report)
+    _check_encryption(settings, store.manifest(backup_id), allow_unencrypted)
+    manifest = store.verify(backup_id, settings.backup.workers, report, require_key=True)
     _check_compatible(settings, manifest)
     postgres_plans = _postgres_plan(settings, manifest)
     mongo_plans = _mongo_plan(settings, manifest)
-    with open_registry(settings.registry, settings.resolve) as registry:
+    with open_registry(
+        settings.registry, settings.resolve, encryption=settings.encryption
+    ) as registry:
         occupied = _occupied(settings, manifest, registry, postgres_plans, mongo_plans)
         _refuse(backup_id, occupied, postgres_plans, force, create_databases)
         report.stage("delta tables", sum(f.size for f in files_under(manifest, DELTA)))
@@ -313,7 +339,9 @@ def restore_backup(
             reporter=report,
         )
     if manifest.registry is not None:
-        with open_registry(settings.registry, settings.resolve) as reopened:
+        with open_registry(
+            settings.registry, settings.resolve, encryption=settings.encryption
+        ) as reopened:
             registry_backup.check_registry(reopened, manifest.registry)
     summary = RestoreSummary(
         id=backup_id,

@@ -7,6 +7,10 @@ only a folder holding ``manifest.json`` counts as a backup, so the rule still ho
 
 Every byte written or read passes through sha256: writing records the checksum in the manifest,
 reading compares it, so a file that changed is found by name.
+
+With encryption (``encryption.backups``) each file is streamed through an
+:class:`~churn_core.encryption.Encryptor` on its way in, bound to its backup id and path, and
+the checksum is the ciphertext's; reading with the key ring authenticates and decrypts it.
 """
 
 from __future__ import annotations
@@ -30,16 +34,27 @@ import pyarrow.fs as pafs
 
 from churn_core.backup.manifest import (
     MANIFEST_NAME,
+    MANIFEST_SEAL_NAME,
     MANIFEST_SHA_NAME,
     BackupCorrupt,
+    BackupEncryption,
     BackupError,
     FileEntry,
     Manifest,
     compare_file,
     parse_manifest,
+    sealed_name,
     sha256_hex,
 )
 from churn_core.backup.progress import Reporter, SilentReporter, run_parallel
+from churn_core.encryption import (
+    Decryptor,
+    EncryptionError,
+    Encryptor,
+    KeyRing,
+    decrypt_bytes,
+    encrypt_bytes,
+)
 
 CHUNK = 8 * 1024 * 1024
 INCOMPLETE_PREFIX = ".incomplete-"
@@ -98,15 +113,26 @@ class LocalSource:
 
 
 class BackupStore:
-    """The backup root: list, read, verify and delete backups; start new ones."""
+    """The backup root: list, read, verify and delete backups; start new ones.
 
-    def __init__(self, filesystem: pafs.FileSystem, base: str, description: str) -> None:
+    ``keyring``: the keys that decrypt encrypted backups and encrypt new ones (None: none
+    configured; an encrypted backup can then be checked against its checksums only).
+    """
+
+    def __init__(
+        self,
+        filesystem: pafs.FileSystem,
+        base: str,
+        description: str,
+        keyring: KeyRing | None = None,
+    ) -> None:
         self.filesystem = filesystem
         self.base = base.rstrip("/")
         self.description = description
+        self.keyring = keyring
 
     @classmethod
-    def from_uri(cls, uri: str) -> BackupStore:
+    def from_uri(cls, uri: str, keyring: KeyRing | None = None) -> BackupStore:
         """A store at a pyarrow URI (``s3://bucket/prefix``, ``file:///abs``) or a local path."""
         if not urlsplit(uri).scheme:
             uri = str(Path(uri).resolve())
@@ -118,7 +144,7 @@ class BackupStore:
             raise BackupError(
                 f"cannot open backup storage {display}: {type(error).__name__}"
             ) from None
-        return cls(filesystem, base, display)
+        return cls(filesystem, base, display, keyring)
 
     def path(self, *parts: str) -> str:
         """An absolute path on the file system for ``parts`` under the root."""
@@ -175,31 +201,107 @@ class BackupStore:
             raise BackupCorrupt(f"backup {backup_id}: {MANIFEST_SHA_NAME} is empty")
         return parse_manifest(data, words[0], f"backup {backup_id}")
 
+    def _keys_for(self, backup_id: str, entry: FileEntry) -> KeyRing | None:
+        """The key ring to decrypt ``entry`` with (None: it is not encrypted)."""
+        if not entry.encrypted:
+            return None
+        if self.keyring is None:
+            raise BackupError(
+                f"backup {backup_id} is encrypted and no encryption key is configured "
+                "(set CHURN_ENCRYPTION__KEYS or encryption.keys_file)"
+            )
+        return self.keyring
+
+    def check_seal(self, backup_id: str, manifest: Manifest) -> None:
+        """The manifest is the one a key holder wrote (its sha256, sealed under the key).
+
+        Raises :class:`BackupCorrupt` on a wrong key, an edited manifest or a missing seal.
+        """
+        if manifest.encryption is None:
+            return
+        name = MANIFEST_SEAL_NAME
+        sealed = self.read_bytes(backup_id, name)
+        try:
+            recorded = decrypt_bytes(sealed, self.keyring, sealed_name(backup_id, name))
+        except EncryptionError as error:
+            raise BackupCorrupt(f"backup {backup_id}: {name}: {error}") from None
+        if recorded.decode(errors="replace") != sha256_hex(
+            self.read_bytes(backup_id, MANIFEST_NAME)
+        ):
+            raise BackupCorrupt(
+                f"backup {backup_id}: {MANIFEST_NAME} is not the manifest its seal was made for "
+                "(it was edited)"
+            )
+
     def check_file(
-        self, backup_id: str, entry: FileEntry, reporter: Reporter | None = None
+        self,
+        backup_id: str,
+        entry: FileEntry,
+        reporter: Reporter | None = None,
+        *,
+        decrypt: bool = False,
     ) -> str | None:
-        """Why one file does not match the manifest (None: it matches)."""
+        """Why one file does not match the manifest (None: it matches).
+
+        ``decrypt``: an encrypted file is also authenticated end to end with the key ring (the
+        plaintext is discarded), so a wrong key or a forged file fails here, before a restore
+        writes anything.
+        """
         advance = (reporter or SilentReporter()).advance
+        decryptor = (
+            Decryptor(
+                _Discard(), self._keys_for(backup_id, entry), sealed_name(backup_id, entry.path)
+            )
+            if decrypt and entry.encrypted
+            else None
+        )
         try:
             with self.filesystem.open_input_stream(self.path(backup_id, entry.path)) as stream:
-                read = copy_stream(stream, _Discard(), advance)
+                read = copy_stream(stream, decryptor or _Discard(), advance)
+            problem = compare_file(entry, read.size, read.sha256)
+            if problem is None and decryptor is not None:
+                decryptor.finish()
         except FileNotFoundError:
             return f"{entry.path}: missing"
-        return compare_file(entry, read.size, read.sha256)
+        except EncryptionError as error:
+            return f"{entry.path}: cannot decrypt: {error}"
+        return problem
 
     def verify(
-        self, backup_id: str, workers: int = 4, reporter: Reporter | None = None
+        self,
+        backup_id: str,
+        workers: int = 4,
+        reporter: Reporter | None = None,
+        *,
+        require_key: bool = False,
     ) -> Manifest:
         """Re-read every file and compare size and sha256 with the manifest.
 
         Raises :class:`BackupCorrupt` naming the first file that differs (and how many more).
-        Files in the folder that the manifest does not list are reported the same way.
+        Files in the folder that the manifest does not list are reported the same way. An
+        encrypted backup is also decrypted (plaintext discarded) when a key ring is configured:
+        its seal first, then every file. ``require_key``: without a key ring an encrypted
+        backup is refused instead of checked against its checksums only (restore needs that).
         """
         manifest = self.manifest(backup_id)
+        decrypt = manifest.encryption is not None and self.keyring is not None
+        if manifest.encryption is not None and not decrypt and require_key:
+            raise BackupError(
+                f"backup {backup_id} is encrypted (key id {manifest.encryption.key_id!r}) and no "
+                "encryption key is configured (set CHURN_ENCRYPTION__KEYS or encryption.keys_file)"
+            )
+        if decrypt:
+            # One wrong key shows here, once, instead of as every file failing.
+            self.check_seal(backup_id, manifest)
         (reporter or SilentReporter()).stage("verify", manifest.total_bytes)
-        checks = [partial(self.check_file, backup_id, e, reporter) for e in manifest.files]
+        checks = [
+            partial(self.check_file, backup_id, e, reporter, decrypt=decrypt)
+            for e in manifest.files
+        ]
         problems = [p for p in run_parallel(checks, workers) if p is not None]
         listed = {e.path for e in manifest.files} | {MANIFEST_NAME, MANIFEST_SHA_NAME}
+        if manifest.encryption is not None:
+            listed.add(MANIFEST_SEAL_NAME)
         problems += [f"{p}: not in the manifest" for p in self.files(backup_id) if p not in listed]
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -221,28 +323,57 @@ class BackupStore:
         target: str,
         reporter: Reporter | None = None,
     ) -> None:
-        """Copy one backed-up file to ``target``, checking it again on the way (else removed)."""
+        """Copy one backed-up file to ``target``, checking it again on the way (else removed).
+
+        An encrypted file is decrypted on the way; ``target`` gets the plaintext.
+        """
         advance = (reporter or SilentReporter()).advance
+        keys = self._keys_for(backup_id, entry)
         parent = target.rsplit("/", 1)[0]
         target_fs.create_dir(parent, recursive=True)
+        problem: str | None = None
         with (
             self.filesystem.open_input_stream(self.path(backup_id, entry.path)) as source,
             target_fs.open_output_stream(target) as out,
         ):
-            read = copy_stream(source, out, advance)
-        problem = compare_file(entry, read.size, read.sha256)
+            decryptor = (
+                Decryptor(out, keys, sealed_name(backup_id, entry.path))
+                if entry.encrypted
+                else None
+            )
+            try:
+                read = copy_stream(source, decryptor or out, advance)
+                problem = compare_file(entry, read.size, read.sha256)
+                if problem is None and decryptor is not None:
+                    decryptor.finish()
+            except EncryptionError as error:
+                problem = f"{entry.path}: cannot decrypt: {error}"
         if problem is not None:
             with contextlib.suppress(OSError):
                 target_fs.delete_file(target)
             raise BackupCorrupt(f"backup {backup_id}: {problem} (changed since it was verified)")
 
+    def read_file(self, backup_id: str, entry: FileEntry) -> bytes:
+        """One backed-up file whole (small files: model artifacts), checked and decrypted."""
+        data = self.read_bytes(backup_id, entry.path)
+        problem = compare_file(entry, len(data), sha256_hex(data))
+        if problem is None and entry.encrypted:
+            keys = self._keys_for(backup_id, entry)
+            try:
+                return decrypt_bytes(data, keys, sealed_name(backup_id, entry.path))
+            except EncryptionError as error:
+                problem = f"{entry.path}: cannot decrypt: {error}"
+        if problem is not None:
+            raise BackupCorrupt(f"backup {backup_id}: {problem} (changed since it was verified)")
+        return data
+
     def delete(self, backup_id: str) -> None:
         """Remove a backup folder (complete or not) whole."""
         self.filesystem.delete_dir(self.path(backup_id))
 
-    def begin(self, backup_id: str) -> BackupWriter:
-        """Start writing a new backup into its temporary folder."""
-        return BackupWriter(self, backup_id)
+    def begin(self, backup_id: str, *, encrypt: bool = False) -> BackupWriter:
+        """Start writing a new backup into its temporary folder (every file encrypted, if asked)."""
+        return BackupWriter(self, backup_id, encrypt=encrypt)
 
 
 def _fsync(path: Path) -> None:
@@ -272,15 +403,32 @@ class _Discard:
 
 
 class BackupWriter:
-    """Writes the files of one backup, recording each one's size and checksum."""
+    """Writes the files of one backup, recording each one's size and checksum.
 
-    def __init__(self, store: BackupStore, backup_id: str) -> None:
+    ``encrypt``: every file goes through an :class:`Encryptor` (the store's active key), and
+    the manifest records the ciphertext's size and checksum.
+    """
+
+    def __init__(self, store: BackupStore, backup_id: str, *, encrypt: bool = False) -> None:
+        if encrypt and store.keyring is None:
+            raise BackupError(
+                "encryption.backups is on but no encryption key is configured "
+                "(set CHURN_ENCRYPTION__KEYS or encryption.keys_file)"
+            )
         self.store = store
         self.id = backup_id
         self.folder = f"{INCOMPLETE_PREFIX}{backup_id}"
+        self._keyring = store.keyring if encrypt else None
         self._entries: dict[str, FileEntry] = {}
         self._lock = threading.Lock()
         store.filesystem.create_dir(store.path(self.folder), recursive=True)
+
+    @property
+    def encryption(self) -> BackupEncryption | None:
+        """What the manifest records about this backup's encryption (None: not encrypted)."""
+        if self._keyring is None:
+            return None
+        return BackupEncryption(key_id=self._keyring.active_id)
 
     @property
     def entries(self) -> list[FileEntry]:
@@ -303,35 +451,72 @@ class BackupWriter:
 
     def put_bytes(self, relative: str, data: bytes) -> FileEntry:
         """Write a small file whole."""
+        if self._keyring is not None:
+            data = encrypt_bytes(data, self._keyring, sealed_name(self.id, relative))
         with self.store.filesystem.open_output_stream(self._target(relative)) as out:
             out.write(data)
-        return self._record(relative, FileEntry(path="", size=len(data), sha256=sha256_hex(data)))
+        entry = FileEntry(
+            path="", size=len(data), sha256=sha256_hex(data), encrypted=self._keyring is not None
+        )
+        return self._record(relative, entry)
 
     def put_file(self, source: LocalSource, reporter: Reporter | None = None) -> FileEntry:
         """Stream a file from another file system into the backup."""
         advance = (reporter or SilentReporter()).advance
         with (
             source.filesystem.open_input_stream(source.path) as stream,
-            self.store.filesystem.open_output_stream(self._target(source.target)) as out,
+            self.open(source.target) as out,
         ):
-            entry = copy_stream(stream, out, advance)
-        return self._record(source.target, entry)
+            while chunk := stream.read(CHUNK):
+                out.write(chunk)
+                advance(len(chunk))
+        return self.entry(source.target)
+
+    def entry(self, relative: str) -> FileEntry:
+        """The recorded entry of a file written already."""
+        with self._lock:
+            return self._entries[relative]
 
     @contextlib.contextmanager
-    def open(self, relative: str) -> Iterator[HashingWriter]:
-        """A stream to write one file through (pg_dump output, a collection export)."""
+    def open(self, relative: str) -> Iterator[_Writable]:
+        """A stream to write one file through (pg_dump output, a collection export).
+
+        What is written is hashed as stored: after encryption, when the backup is encrypted.
+        """
         digest = HashingWriter(self.store.filesystem.open_output_stream(self._target(relative)))
+        encryptor = (
+            Encryptor(digest, self._keyring, sealed_name(self.id, relative))
+            if self._keyring is not None
+            else None
+        )
         try:
-            yield digest
+            yield encryptor or digest
+            if encryptor is not None:
+                encryptor.close()
         finally:
             digest.close()
-        self._record(relative, FileEntry(path="", size=digest.size, sha256=digest.hexdigest()))
+        entry = FileEntry(
+            path="",
+            size=digest.size,
+            sha256=digest.hexdigest(),
+            encrypted=encryptor is not None,
+        )
+        self._record(relative, entry)
 
     def commit(self, manifest: Manifest) -> None:
         """Write the manifest and give the folder its final name (the commit point)."""
         data = manifest.to_bytes()
         fs, store = self.store.filesystem, self.store
         final = store.path(self.id)
+        if manifest.encryption is not None:
+            assert self._keyring is not None  # the manifest's encryption comes from this writer
+            seal = encrypt_bytes(
+                sha256_hex(data).encode(),
+                self._keyring,
+                sealed_name(self.id, MANIFEST_SEAL_NAME),
+            )
+            with fs.open_output_stream(store.path(self.folder, MANIFEST_SEAL_NAME)) as out:
+                out.write(seal)
         sha_line = f"{sha256_hex(data)}  {MANIFEST_NAME}\n".encode()
         with fs.open_output_stream(store.path(self.folder, MANIFEST_SHA_NAME)) as out:
             out.write(sha_line)
@@ -353,6 +538,8 @@ class BackupWriter:
         """Where folders cannot be renamed: copy file by file, the manifest last."""
         fs, store = self.store.filesystem, self.store
         last = [MANIFEST_SHA_NAME, MANIFEST_NAME]
+        if self._keyring is not None:
+            last.insert(0, MANIFEST_SEAL_NAME)
         for entry in self.entries:
             target = f"{final}/{entry.path}"
             fs.create_dir(target.rsplit("/", 1)[0], recursive=True)

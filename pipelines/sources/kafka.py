@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from confluent_kafka import Consumer, KafkaError, Message
     from pyspark.sql import DataFrame, SparkSession
 
-    from churn_core.settings import KafkaSourceSettings
+    from churn_core.settings import KafkaSourceSettings, TlsSettings
 
 __all__ = [
     "DEFAULT_REQUEST_TIMEOUT_S",
@@ -108,6 +108,8 @@ class _ReadOptions:
     max_records_per_partition: int
     idle_timeout_s: float
     request_timeout_s: float
+    # librdkafka TLS properties (churn_core.tls.kafka_config); empty: plaintext.
+    security: Mapping[str, str]
 
     @classmethod
     def parse(cls, options: Mapping[str, str]) -> _ReadOptions:
@@ -130,6 +132,11 @@ class _ReadOptions:
         if not isinstance(raw_offsets, dict):
             raise ValueError(f"{SOURCE_NAME}: 'start_offsets' must be a JSON object")
         start_offsets = {int(p): int(o) for p, o in raw_offsets.items()}
+        security = json.loads(get("security", "{}"))
+        if not isinstance(security, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in security.items()
+        ):
+            raise ValueError(f"{SOURCE_NAME}: 'security' must be a JSON object of strings")
         if any(p < 0 or o < 0 for p, o in start_offsets.items()):
             raise ValueError(f"{SOURCE_NAME}: partitions and start offsets must be >= 0")
         parsed = cls(
@@ -140,6 +147,7 @@ class _ReadOptions:
             max_records_per_partition=int(get("max_records_per_partition", "2000000")),
             idle_timeout_s=float(get("idle_timeout_s", "2.0")),
             request_timeout_s=float(get("request_timeout_s", str(DEFAULT_REQUEST_TIMEOUT_S))),
+            security=security,
         )
         if parsed.max_records_per_partition < 1:
             raise ValueError(f"{SOURCE_NAME}: max_records_per_partition must be >= 1")
@@ -234,9 +242,13 @@ def parse_fields(raw: str | None, columns: Sequence[str]) -> list[str | None]:
 # --------------------------------------------------------------------------------------------
 
 
-def _client_config(bootstrap_servers: str, request_timeout_s: float) -> dict[str, Any]:
+def _client_config(
+    bootstrap_servers: str, request_timeout_s: float, security: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     timeout_ms = max(1_000, int(request_timeout_s * 1000))
     return {
+        # TLS (security.protocol, ssl.*): every client of one source speaks the same way.
+        **(security or {}),
         "bootstrap.servers": bootstrap_servers,
         "client.id": "churn-kafka-source",
         # A hung broker (connection open, nothing answered) surfaces as a timeout, not a hang.
@@ -245,6 +257,16 @@ def _client_config(bootstrap_servers: str, request_timeout_s: float) -> dict[str
         # librdkafka writes its log lines to stderr by default; route them to logging.
         "logger": _LIBRDKAFKA_LOG,
     }
+
+
+def _security(tls: TlsSettings | None) -> dict[str, str]:
+    """librdkafka TLS properties of a source's ``tls`` settings (empty: plaintext)."""
+    if tls is None or not tls.enabled:
+        return {}
+    from churn_core.tls import kafka_config
+
+    # The exact setting (sources.<name>.tls) was checked by name before ingestion started.
+    return kafka_config(tls, "sources.<kafka source>.tls")
 
 
 class _LibrdkafkaLog:
@@ -269,10 +291,11 @@ def _consumer(
     error_cb: Callable[[KafkaError], None] | None = None,
     eof: bool = False,
     extra: Mapping[str, Any] | None = None,
+    security: Mapping[str, str] | None = None,
 ) -> Consumer:
     from confluent_kafka import Consumer
 
-    config = _client_config(bootstrap_servers, request_timeout_s)
+    config = _client_config(bootstrap_servers, request_timeout_s, security)
     config.update(
         {
             "group.id": group_id,
@@ -296,13 +319,20 @@ def _consumer(
     return Consumer(config)
 
 
-def _topic_partitions(bootstrap_servers: str, topic: str, request_timeout_s: float) -> list[int]:
+def _topic_partitions(
+    bootstrap_servers: str,
+    topic: str,
+    request_timeout_s: float,
+    security: Mapping[str, str] | None = None,
+) -> list[int]:
     """Partition ids of ``topic`` from a metadata request (raises if unknown or unreachable)."""
     from confluent_kafka import KafkaError, KafkaException
 
     where = f"bootstrap servers {bootstrap_servers!r}, topic {topic!r}"
     errors: list[KafkaError] = []
-    consumer = _consumer(bootstrap_servers, request_timeout_s, error_cb=errors.append)
+    consumer = _consumer(
+        bootstrap_servers, request_timeout_s, error_cb=errors.append, security=security
+    )
     deadline = time.monotonic() + request_timeout_s
     try:
         while True:
@@ -315,7 +345,9 @@ def _topic_partitions(bootstrap_servers: str, topic: str, request_timeout_s: flo
                 consumer.poll(0)  # serves error_cb
                 down = [e for e in errors if e.code() == KafkaError._ALL_BROKERS_DOWN]
                 if down or time.monotonic() >= deadline:
-                    cause = down[0].str() if down else (exc.args[0] if exc.args else exc)
+                    # Every error reported, not only "all brokers down": the reason they are
+                    # (refused, a TLS handshake failed and why) comes before it.
+                    cause = _describe(errors) if errors else (exc.args[0] if exc.args else exc)
                     raise KafkaSourceError(
                         f"Kafka metadata request failed ({where}): {cause}"
                     ) from exc
@@ -353,7 +385,8 @@ class KafkaDataSource(DataSource):
     Options (strings): ``bootstrap_servers``, ``topic`` (required); ``columns`` (JSON list of
     top-level JSON fields to extract as strings), ``start_offsets`` (JSON object partition ->
     first offset; absent partitions start at the earliest offset),
-    ``max_records_per_partition``, ``idle_timeout_s``, ``request_timeout_s``.
+    ``max_records_per_partition``, ``idle_timeout_s``, ``request_timeout_s``, ``security``
+    (JSON object of librdkafka TLS properties, from ``churn_core.tls.kafka_config``).
     """
 
     @classmethod
@@ -379,7 +412,9 @@ class KafkaBatchReader(DataSourceReader):
     def partitions(self) -> Sequence[InputPartition]:
         """One input partition per Kafka partition of the topic (listed from broker metadata)."""
         opts = self.options
-        ids = _topic_partitions(opts.bootstrap_servers, opts.topic, opts.request_timeout_s)
+        ids = _topic_partitions(
+            opts.bootstrap_servers, opts.topic, opts.request_timeout_s, opts.security
+        )
         unknown = sorted(set(opts.start_offsets) - set(ids))
         if unknown:
             # Offsets kept for partitions the topic no longer has: it was recreated.
@@ -430,6 +465,7 @@ class _PartitionRead:
             # The broker's "you are at the end" in a fetch response: required before a
             # partition counts as caught up, so silence from a dead broker never does.
             eof=True,
+            security=opts.security,
         )
         try:
             start = self.start if self.start is not None else OFFSET_BEGINNING
@@ -621,6 +657,8 @@ def read_kafka_batch(
         .option("max_records_per_partition", str(settings.max_records_per_partition))
         .option("idle_timeout_s", repr(settings.idle_timeout_s))
         .option("request_timeout_s", repr(request_timeout_s))
+        # File paths only (no secrets); the reading processes need the files at these paths.
+        .option("security", json.dumps(_security(settings.tls)))
         .load()
     )
     selected = [F.col(_quote(c)) for c in columns]
@@ -637,7 +675,9 @@ def list_partitions(
     settings: KafkaSourceSettings, *, request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
 ) -> list[int]:
     """Partition ids of the topic; raises :class:`KafkaSourceError` if unknown or unreachable."""
-    return _topic_partitions(settings.bootstrap_servers, settings.topic, request_timeout_s)
+    return _topic_partitions(
+        settings.bootstrap_servers, settings.topic, request_timeout_s, _security(settings.tls)
+    )
 
 
 def commit_consumer_offsets(
@@ -673,6 +713,7 @@ def commit_consumer_offsets(
         group_id=settings.consumer_group,
         error_cb=errors.append,
         extra={"on_commit": committed},
+        security=_security(settings.tls),
     )
     try:
         offsets = [
@@ -704,6 +745,7 @@ def ensure_topic(
     partitions: int,
     *,
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+    tls: TlsSettings | None = None,
 ) -> None:
     """Create ``topic`` with ``partitions`` partitions if absent; raise if it exists with another count."""
     from confluent_kafka import KafkaError, KafkaException
@@ -711,7 +753,8 @@ def ensure_topic(
     from confluent_kafka.cimpl import NewTopic
 
     where = f"bootstrap servers {bootstrap_servers!r}, topic {topic!r}"
-    admin = AdminClient(_client_config(bootstrap_servers, request_timeout_s))
+    security = _security(tls)
+    admin = AdminClient(_client_config(bootstrap_servers, request_timeout_s, security))
     futures = admin.create_topics(
         [NewTopic(topic, num_partitions=partitions, replication_factor=1)],
         operation_timeout=request_timeout_s,
@@ -727,7 +770,7 @@ def ensure_topic(
     deadline = time.monotonic() + request_timeout_s
     while True:
         try:
-            existing = _topic_partitions(bootstrap_servers, topic, request_timeout_s)
+            existing = _topic_partitions(bootstrap_servers, topic, request_timeout_s, security)
         except KafkaSourceError:
             existing = []
         if len(existing) == partitions:
@@ -749,6 +792,7 @@ def produce_records(
     key_fn: Callable[[bytes | str], bytes | str | None] | None = None,
     *,
     timeout_s: float = 60.0,
+    tls: TlsSettings | None = None,
 ) -> list[tuple[int, int]]:
     """Produce ``records`` to ``topic`` (created with ``partitions`` partitions if absent).
 
@@ -760,8 +804,8 @@ def produce_records(
     """
     from confluent_kafka import Producer
 
-    ensure_topic(bootstrap_servers, topic, partitions)
-    config = _client_config(bootstrap_servers, DEFAULT_REQUEST_TIMEOUT_S)
+    ensure_topic(bootstrap_servers, topic, partitions, tls=tls)
+    config = _client_config(bootstrap_servers, DEFAULT_REQUEST_TIMEOUT_S, _security(tls))
     config.update(
         {
             "acks": "all",

@@ -38,6 +38,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from dataclasses import replace as _copy_with
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
@@ -49,7 +50,8 @@ from psycopg import sql
 from pydantic import SecretStr
 
 from churn_core.logging import get_logger
-from churn_core.settings import PostgresSourceSettings
+from churn_core.settings import PostgresSourceSettings, TlsSettings
+from churn_core.tls import postgres_params
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -164,6 +166,20 @@ def _parse_url(url: SecretStr | str) -> _Target:
         password=unquote(parts.password) if parts.password is not None else None,
         params=tuple(parse_qsl(parts.query)),
     )
+
+
+def _with_tls(target: _Target, tls: TlsSettings | None, table: str) -> _Target:
+    """``target`` with the TLS settings as libpq parameters (replacing the URL's own).
+
+    They travel in ``params``, so psycopg, connectorx (Sail) and pgjdbc (JVM Spark) all get
+    them: the three read ``sslmode``, ``sslrootcert``, ``sslcert`` and ``sslkey``. pgjdbc
+    wants the key as PKCS-8 DER and knows no ``sslrootcert=system``.
+    """
+    params = postgres_params(tls, f"sources.<{table}>.tls") if tls is not None else {}
+    if not params:
+        return target
+    kept = tuple((k, v) for k, v in target.params if k not in params)
+    return _copy_with(target, params=(*kept, *params.items()))
 
 
 _URL_CREDENTIALS = re.compile(r"(://[^:/@\s]*):[^@\s]*@")
@@ -428,6 +444,27 @@ def _url_params(target: _Target, own: Mapping[str, str]) -> str:
     return urlencode([*target.params, *((k, v) for k, v in own.items() if k not in given)])
 
 
+def _for_connectorx(target: _Target) -> _Target:
+    """``target`` with libpq's verifying ``sslmode`` values spelt the way connectorx reads them.
+
+    connectorx (Sail's JDBC source) refuses ``verify-ca``/``verify-full``; it takes ``require``
+    and then checks the server's chain against ``sslrootcert`` when one is given (measured:
+    a server signed by another CA is refused), but not the host name, and with no
+    ``sslrootcert`` it checks nothing. So a verifying mode becomes ``require`` + the CA file,
+    and is refused without a CA file rather than silently read unverified.
+    """
+    params = dict(target.params)
+    if params.get("sslmode") not in ("verify-ca", "verify-full"):
+        return target
+    if params.get("sslrootcert") in (None, "system"):
+        raise PostgresSourceError(
+            f"PostgreSQL {target.where}: Sail's reader (connectorx) verifies the server only "
+            "against a CA file: set the source's tls.ca_file"
+        )
+    params["sslmode"] = "require"
+    return _copy_with(target, params=tuple(params.items()))
+
+
 def _reader(
     spark: SparkSession, engine: Literal["sail", "jvm"], target: _Target, dbtable: str
 ) -> Any:
@@ -437,6 +474,7 @@ def _reader(
     if engine == "sail":
         # pysail turns jdbc:postgresql://... back into a libpq URI for connectorx, so libpq
         # parameter names apply (connect_timeout, application_name, sslmode, ...).
+        target = _for_connectorx(target)
         own = {
             "connect_timeout": str(CONNECT_TIMEOUT_S),
             "application_name": APPLICATION_NAME,
@@ -492,7 +530,7 @@ def read_postgres_batch(
         raise ValueError("columns must name at least one column")
     if len(set(columns)) != len(columns):
         raise ValueError(f"columns must be distinct, got {list(columns)}")
-    target = _parse_url(settings.url)
+    target = _with_tls(_parse_url(settings.url), settings.tls, settings.table)
     table = settings.table
     since_value = _parse_since(since) if since is not None else None
     needed = list(dict.fromkeys([*columns, settings.watermark_column]))
@@ -618,6 +656,8 @@ def load_table(
     data: pa.Table | pd.DataFrame,
     primary_key: str | Sequence[str],
     replace: bool = False,
+    *,
+    tls: TlsSettings | None = None,
 ) -> int:
     """Write ``data`` into PostgreSQL ``table`` with COPY; returns the number of rows written.
 
@@ -625,9 +665,9 @@ def load_table(
     timestamp, tz-aware timestamp -> timestamptz, date -> date, bool -> boolean, float64 ->
     double precision, integers -> bigint, decimal(p,s) -> numeric(p,s), string -> text) and
     ``primary_key``. ``replace=True`` drops an existing table first; otherwise rows are appended
-    (a duplicate key fails the whole load: COPY is one statement).
+    (a duplicate key fails the whole load: COPY is one statement). ``tls``: the source's TLS.
     """
-    target = _parse_url(url)
+    target = _with_tls(_parse_url(url), tls, table)
     arrow = _as_arrow(data)
     keys = _keys(primary_key)
     missing = [k for k in keys if k not in arrow.column_names]
@@ -672,6 +712,7 @@ def upsert_rows(
     key: str | Sequence[str],
     *,
     touch: str | None = None,
+    tls: TlsSettings | None = None,
 ) -> int:
     """Insert ``rows`` or update the rows with the same ``key``; returns the number of rows.
 
@@ -682,7 +723,7 @@ def upsert_rows(
     """
     if not rows:
         return 0
-    target = _parse_url(url)
+    target = _with_tls(_parse_url(url), tls, table)
     keys = _keys(key)
     names = list(rows[0])
     if any(list(row) != names for row in rows):

@@ -333,6 +333,7 @@ def run_cli(settings: Settings, monkeypatch: pytest.MonkeyPatch, *args: str) -> 
     monkeypatch.setattr(cli, "_stop_on_signals", lambda: None)
     monkeypatch.setattr(cli._State, "env", cli._State.env)
     monkeypatch.setattr("churn_core.logging.configure_logging", lambda *a, **k: None)
+    monkeypatch.setattr("churn_core.logging.configure_from_settings", lambda *a, **k: None)
     return CliRunner().invoke(cli.app, ["--env", "test", *args])
 
 

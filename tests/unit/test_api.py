@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from churn_core.model import ChurnModel
-from churn_core.registry import ModelVersion, PromotionResult, RegistryError
+from churn_core.registry import AliasEvent, ModelVersion, PromotionResult, RegistryError
 from churn_core.settings import AuthSettings, RateLimitSettings, ServeSettings
 from serve_apps.api import create_api
 from serve_apps.runtime import ServingRuntime, build_runtime
@@ -43,6 +43,8 @@ class MemorySource:
     model: ChurnModel
     versions: dict[int, ModelVersion] = field(default_factory=dict)
     alias: int = 1
+    # Stored files by (version, name): what the registry's read_file answers.
+    files: dict[tuple[int, str], bytes] = field(default_factory=dict)
 
     def current_version(self) -> int:
         return self.alias
@@ -68,6 +70,20 @@ class MemorySource:
             gates=[],
             event=None,
         )
+
+    def list_versions(self) -> list[ModelVersion]:
+        return [self.versions[n] for n in sorted(self.versions)]
+
+    def aliases(self) -> dict[str, int]:
+        return {"champion": self.alias}
+
+    def alias_history(self) -> list[AliasEvent]:
+        return []
+
+    def read_file(self, version: int, filename: str) -> bytes:
+        if (version, filename) not in self.files:
+            raise RegistryError(f"model m version {version} has no file {filename!r}")
+        return self.files[(version, filename)]
 
 
 @pytest.fixture

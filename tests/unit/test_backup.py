@@ -7,6 +7,7 @@ PostgreSQL and MongoDB parts run in tests/integration/test_restore_drill.py.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 from datetime import UTC, datetime, timedelta
@@ -21,16 +22,23 @@ from pydantic import BaseModel, SecretStr
 from churn_core.backup import delta as delta_backup
 from churn_core.backup.configs import REDACTED, redact_text
 from churn_core.backup.create import create_backup, open_store
-from churn_core.backup.manifest import MANIFEST_NAME, BackupCorrupt, BackupError
+from churn_core.backup.manifest import (
+    MANIFEST_NAME,
+    MANIFEST_SHA_NAME,
+    BackupCorrupt,
+    BackupError,
+    sha256_hex,
+)
 from churn_core.backup.postgres import dump_database, postgres_targets, split_password
 from churn_core.backup.restore import RestoreRefused, restore_backup
 from churn_core.backup.retention import created_at, expired
 from churn_core.backup.storage import INCOMPLETE_PREFIX, BackupStore, new_backup_id
 from churn_core.backup.time_travel import resolve_table, restore_version, version_before
 from churn_core.contract import FeatureContract
+from churn_core.encryption import MAGIC
 from churn_core.prediction_log import query_delta
 from churn_core.registry import open_registry
-from churn_core.settings import PACKAGE_CONFIG_DIR, Settings, load_settings
+from churn_core.settings import PACKAGE_CONFIG_DIR, EncryptionSettings, Settings, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SECRET = "topsecretpw"
@@ -126,7 +134,9 @@ def system(
 
 
 def registry_state(settings: Settings) -> dict[str, Any]:
-    with open_registry(settings.registry, settings.resolve) as registry:
+    with open_registry(
+        settings.registry, settings.resolve, encryption=settings.encryption
+    ) as registry:
         return {
             "versions": registry.list("m"),
             "aliases": registry.aliases("m"),
@@ -473,3 +483,147 @@ def test_a_vacuumed_version_cannot_be_restored_and_says_so(tmp_path: Path) -> No
     with pytest.raises(BackupError, match=r"restoring version 0 failed: .*missing file"):
         restore_version(path, 0)
     assert rows(path) == [{"a": 2}]  # nothing was committed
+
+
+# --- encrypted backups ----------------------------------------------------------------------
+
+K1 = base64.b64encode(bytes(range(32))).decode()
+K2 = base64.b64encode(bytes(range(64, 96))).decode()
+WRONG = base64.b64encode(bytes(range(128, 160))).decode()
+
+
+def encrypted(settings: Settings, keys: str = f"k1:{K1}", active: str | None = None) -> Settings:
+    """``settings`` with backups and registry artifacts encrypted under ``keys``."""
+    encryption = EncryptionSettings(
+        keys=SecretStr(keys), active_key_id=active, backups=True, registry=True
+    )
+    return settings.model_copy(update={"encryption": encryption})
+
+
+def forge(store: BackupStore, backup_id: str, path: str, data: bytes) -> None:
+    """Replace a file and fix the manifest and its checksum, as someone without the key can."""
+    Path(store.path(backup_id, path)).write_bytes(data)
+    manifest = store.manifest(backup_id)
+    files = [
+        f.model_copy(update={"size": len(data), "sha256": sha256_hex(data)})
+        if f.path == path
+        else f
+        for f in manifest.files
+    ]
+    text = manifest.model_copy(update={"files": files}).to_bytes()
+    Path(store.path(backup_id, MANIFEST_NAME)).write_bytes(text)
+    Path(store.path(backup_id, MANIFEST_SHA_NAME)).write_text(f"{sha256_hex(text)}  x\n")
+
+
+def test_an_encrypted_backup_restores_the_same_system(system: Settings, tmp_path: Path) -> None:
+    live = encrypted(system)
+    before_rows = rows(live.dataset_lake / "silver/people")
+    before_registry = registry_state(live)
+    backup_id = create_backup(live).id
+
+    store = open_store(live)
+    manifest = store.manifest(backup_id)
+    assert manifest.format == 2 and manifest.encryption is not None
+    assert manifest.encryption.key_id == "k1"
+    assert manifest.files and all(f.encrypted for f in manifest.files)
+    model = registry_state(live)["models"][1]
+    for entry in manifest.files:
+        stored = Path(store.path(backup_id, entry.path)).read_bytes()
+        assert stored.startswith(MAGIC) and entry.sha256 == sha256_hex(stored)
+        assert model[:64] not in stored and b"PAR1" not in stored[:64]
+    # Without the key: the ciphertext checksums still verify (and still catch damage).
+    keyless = BackupStore.from_uri(store.description)
+    assert keyless.verify(backup_id).id == backup_id
+    assert store.verify(backup_id, require_key=True).id == backup_id
+
+    fresh = encrypted(settings_for(tmp_path / "fresh").model_copy(update={"backup": live.backup}))
+    restore_backup(fresh, backup_id)
+    assert rows(fresh.dataset_lake / "silver/people") == before_rows
+    assert registry_state(fresh) == before_registry
+    # The artifacts went back through the artifact store: encrypted again, under their names.
+    restored = fresh.resolve(fresh.registry.root) / "m/versions/000001/model.ubj"
+    assert restored.read_bytes().startswith(MAGIC)
+
+
+def test_restore_with_a_wrong_or_missing_key_writes_nothing(
+    system: Settings, tmp_path: Path
+) -> None:
+    backup_id = create_backup(encrypted(system)).id
+    fresh = settings_for(tmp_path / "fresh").model_copy(update={"backup": system.backup})
+
+    with pytest.raises(BackupCorrupt) as caught:
+        restore_backup(encrypted(fresh, f"k1:{WRONG}"), backup_id)
+    assert str(caught.value) == (
+        f"backup {backup_id}: manifest.json.seal: the data key does not open with key 'k1': "
+        "a wrong key under that id, or a changed header"
+    )
+    with pytest.raises(BackupCorrupt, match=r"'k1', which is not configured \(configured: k2\)"):
+        restore_backup(encrypted(fresh, f"k2:{K2}"), backup_id)
+    with pytest.raises(BackupError, match=rf"backup {backup_id} is encrypted .*no encryption key"):
+        restore_backup(fresh, backup_id)
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_a_forged_encrypted_backup_is_refused_before_anything_is_written(
+    system: Settings, tmp_path: Path
+) -> None:
+    live = encrypted(system)
+    backup_id = create_backup(live).id
+    store = open_store(live)
+    manifest = store.manifest(backup_id)
+    model = next(f for f in manifest.files if f.path.endswith("000002/model.ubj"))
+    data_file = next(f for f in manifest.files if f.path.endswith(".parquet"))
+    original = Path(store.path(backup_id, model.path)).read_bytes()
+    tampered = bytearray(original)
+    tampered[len(tampered) // 2] ^= 0x01
+    forge(store, backup_id, model.path, bytes(tampered))
+
+    # The forger fixed the checksums: they verify, the seal does not.
+    assert BackupStore.from_uri(store.description).verify(backup_id).id == backup_id
+    fresh = encrypted(settings_for(tmp_path / "fresh").model_copy(update={"backup": live.backup}))
+    with pytest.raises(
+        BackupCorrupt, match=r"manifest\.json is not the manifest its seal was made"
+    ):
+        restore_backup(fresh, backup_id)
+    assert not (tmp_path / "fresh").exists()
+    # Each file authenticates on its own too: a changed byte, and a file moved to another path.
+    forged = store.manifest(backup_id)
+    entry = next(f for f in forged.files if f.path == model.path)
+    problem = store.check_file(backup_id, entry, decrypt=True)
+    assert problem is not None and problem.startswith(f"{model.path}: cannot decrypt: chunk 0")
+    moved = Path(store.path(backup_id, data_file.path)).read_bytes()
+    forge(store, backup_id, model.path, moved)
+    entry = next(f for f in store.manifest(backup_id).files if f.path == model.path)
+    problem = store.check_file(backup_id, entry, decrypt=True)
+    assert problem is not None and f"not 'churn-backup:{backup_id}/{model.path}'" in problem
+
+
+def test_backups_that_must_be_encrypted_refuse_a_plain_one(
+    system: Settings, tmp_path: Path
+) -> None:
+    backup_id = create_backup(system).id
+    fresh = settings_for(tmp_path / "fresh").model_copy(update={"backup": system.backup})
+    with pytest.raises(BackupError, match=rf"backup {backup_id} is not encrypted, and encryption"):
+        restore_backup(encrypted(fresh), backup_id)
+    assert not (tmp_path / "fresh").exists()
+    # Allowed explicitly (a backup from before encryption): restored, artifacts re-encrypted.
+    result = restore_backup(encrypted(fresh), backup_id, allow_unencrypted=True)
+    assert result.delta_versions["silver/people"] == 3
+    restored = fresh.resolve(fresh.registry.root) / "m/versions/000002/model.ubj"
+    assert restored.read_bytes().startswith(MAGIC)
+    assert registry_state(encrypted(fresh)) == registry_state(system)
+
+
+def test_backups_made_before_a_key_rotation_still_restore(system: Settings, tmp_path: Path) -> None:
+    old = create_backup(encrypted(system)).id
+    rotated = encrypted(system, f"k2:{K2},k1:{K1}", active="k2")
+    new = create_backup(rotated).id
+    store = open_store(rotated)
+    assert [store.manifest(b).encryption.key_id for b in (old, new)] == ["k1", "k2"]  # type: ignore[union-attr]
+    fresh = settings_for(tmp_path / "fresh").model_copy(update={"backup": system.backup})
+    fresh = encrypted(fresh, f"k2:{K2},k1:{K1}", active="k2")
+    restore_backup(fresh, old)
+    assert registry_state(fresh) == registry_state(rotated)
+    # With k1 retired the old backup is refused, naming the key it needs.
+    with pytest.raises(BackupCorrupt, match="'k1', which is not configured"):
+        restore_backup(encrypted(fresh, f"k2:{K2}"), old, force=True)

@@ -156,12 +156,16 @@ def test_the_image_is_the_project_version_everywhere(prod: Rendered) -> None:
         "churn-on-ray"
     )
     images = {
-        c["image"]
+        c["name"]: c["image"]
         for d in prod.documents
         for _, t in validate.pod_templates(d)
         for c in t["spec"]["containers"]
     }
-    assert images == {f"registry.example.com/churn/churn-on-ray:{version('churn-on-ray')}"}
+    project = f"registry.example.com/churn/churn-on-ray:{version('churn-on-ray')}"
+    assert {images[n] for n in ("ray-head", "ray-worker", "sail")} == {project}
+    # The only other container: the log shipper sidecar (prod values), pinned too.
+    assert set(images) == {"ray-head", "ray-worker", "sail", "fluent-bit"}
+    assert validate.image_is_pinned(images["fluent-bit"])
 
 
 # --- the jobs ------------------------------------------------------------------------------
@@ -286,6 +290,9 @@ def test_secrets_are_referenced_and_config_names_are_settings(prod: Rendered) ->
     for document in prod.documents:
         for _, template in validate.pod_templates(document):
             for container in template["spec"]["containers"]:
+                if container["name"] == "fluent-bit":
+                    assert not any(validate.SECRET_NAME.search(e["name"]) for e in container["env"])
+                    continue
                 assert "env" not in container
                 assert {"secretRef": {"name": "churn-secrets"}} in container["envFrom"]
 
@@ -457,3 +464,42 @@ def test_the_operator_values_enable_raycronjob_and_pin_the_chart() -> None:
     chart = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
     assert pinned["version"] == chart["annotations"]["churn/kuberay-operator-chart"]
     assert values["image"]["tag"] == f"v{pinned['version']}"
+
+
+def _paths(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        return [p for value in node.values() for p in _paths(value)]
+    if isinstance(node, list):
+        return [p for value in node for p in _paths(value)]
+    return (
+        [node]
+        if isinstance(node, str) and node.startswith(("/etc/churn/", "/data", "/backups"))
+        else []
+    )
+
+
+def test_every_file_the_k8s_settings_name_is_mounted_in_the_ray_pods(prod: Rendered) -> None:
+    from churn_core.settings import load_settings
+
+    named = sorted(set(_paths(load_settings("k8s").model_dump(mode="json"))))
+    assert any(p.startswith("/etc/churn/tls/") for p in named)  # TLS files are among them
+    for document in prod.documents:
+        if document["kind"] not in {"RayService", "RayJob", "RayCronJob"}:
+            continue
+        for where, template in validate.pod_templates(document):
+            mounts = [m["mountPath"] for m in template["spec"]["containers"][0]["volumeMounts"]]
+            unmounted = [
+                p for p in named if not any(p == m or p.startswith(m + "/") for m in mounts)
+            ]
+            assert unmounted == [], f"{document['kind']} {where}: {unmounted}"
+
+
+def test_a_store_without_a_tls_secret_is_not_mounted() -> None:
+    rendered = validate.render(
+        {"secrets": {"tls": {"postgres": "", "redis": "r", "mongodb": "m", "kafka": ""}}}
+    )
+    service = only(rendered, "RayService")
+    head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    mounts = {m["mountPath"] for m in head["containers"][0]["volumeMounts"]}
+    assert "/etc/churn/tls/postgres" not in mounts and "/etc/churn/tls/redis" in mounts
+    assert validate.schema_errors(rendered) == []

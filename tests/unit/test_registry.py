@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import pickle
 import threading
 from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
+from pydantic import SecretStr
 
 from churn_core.contract import FeatureContract
+from churn_core.encryption import MAGIC
 from churn_core.registry import (
     ArtifactStore,
     FileMetadataStore,
@@ -20,7 +24,7 @@ from churn_core.registry import (
     RegistryError,
     open_registry,
 )
-from churn_core.settings import RegistrySettings
+from churn_core.settings import EncryptionSettings, RegistrySettings
 
 SEGMENTS = {
     "plan=basic": {"n": 600.0, "positives": 150.0, "roc_auc": 0.71},
@@ -403,3 +407,114 @@ def test_mongodb_settings_need_a_url() -> None:
         RegistrySettings(metadata="mongodb")
     settings = RegistrySettings(metadata="mongodb", mongodb_url="mongodb://u:pw@127.0.0.1:1/")
     assert "pw" not in repr(settings)
+
+
+# --- encryption at rest ---------------------------------------------------------------------
+
+_K1 = base64.b64encode(bytes(range(32))).decode()
+_K2 = base64.b64encode(bytes(range(50, 82))).decode()
+_WRONG = base64.b64encode(bytes(range(150, 182))).decode()
+
+
+def encryption(keys: str, active: str | None = None, on: bool = True) -> EncryptionSettings:
+    return EncryptionSettings(keys=SecretStr(keys), active_key_id=active, backups=on, registry=on)
+
+
+def test_encrypted_artifacts_load_and_keep_their_plaintext_checksums(
+    tmp_path: Path, tiny_model_bytes: bytes, tiny_contract: FeatureContract
+) -> None:
+    settings = RegistrySettings(root=tmp_path)
+    with open_registry(settings, encryption=encryption(f"k1:{_K1}")) as registry:
+        register(registry, tiny_model_bytes, tiny_contract, 0.7, files={"report.json": b"{}"})
+        registry.set_alias("m", "champion", 1)
+        meta = registry.get("m", 1)
+        assert registry.load_model("m", "champion").version == 1
+        assert registry.read_file("m", 1, "report.json") == b"{}"
+    folder = tmp_path / "m/versions/000001"
+    for name in ("model.ubj", "contract.yaml", "report.json"):
+        assert (folder / name).read_bytes().startswith(MAGIC)
+    assert tiny_model_bytes[:64] not in (folder / "model.ubj").read_bytes()
+    # The recorded checksum is the registered content's, whatever it is stored as.
+    plain = hashlib.sha256(tiny_model_bytes).hexdigest()
+    assert meta.artifact_sha256 == plain and meta.file("model.ubj").sha256 == plain  # type: ignore[union-attr]
+    assert meta.file("model.ubj").size == len(tiny_model_bytes)  # type: ignore[union-attr]
+
+
+def test_encrypted_artifacts_refuse_a_wrong_key_a_changed_byte_and_a_swap(
+    tmp_path: Path, tiny_model_bytes: bytes, tiny_contract: FeatureContract
+) -> None:
+    settings = RegistrySettings(root=tmp_path)
+    with open_registry(settings, encryption=encryption(f"k1:{_K1}")) as registry:
+        register(registry, tiny_model_bytes, tiny_contract, 0.7)
+        register(registry, tiny_model_bytes, tiny_contract, 0.8)
+    wrong = open_registry(settings, encryption=encryption(f"k1:{_WRONG}"))
+    with pytest.raises(RegistryError) as caught:
+        wrong.load_model("m", 1)
+    assert str(caught.value) == (
+        f"artifact {tmp_path}/m/versions/000001/model.ubj: cannot decrypt: the data key does "
+        "not open with key 'k1': a wrong key under that id, or a changed header"
+    )
+    with pytest.raises(RegistryError, match="no encryption key is configured"):
+        open_registry(settings).load_model("m", 1)
+
+    first, second = (tmp_path / f"m/versions/00000{n}/model.ubj" for n in (1, 2))
+    one, two = first.read_bytes(), second.read_bytes()
+    # The same model under the same key: only the name binding tells the two files apart.
+    first.write_bytes(two)
+    second.write_bytes(one)
+    registry = open_registry(settings, encryption=encryption(f"k1:{_K1}"))
+    with pytest.raises(RegistryError, match=r"000001/model\.ubj: cannot decrypt: chunk 0"):
+        registry.load_model("m", 1)
+    first.write_bytes(one)
+    second.write_bytes(two[:-1] + bytes([two[-1] ^ 1]))
+    with pytest.raises(RegistryError, match=r"000002/model\.ubj: cannot decrypt"):
+        registry.load_model("m", 2)
+    assert registry.load_model("m", 1).version == 1
+
+
+def test_versions_from_before_encryption_and_before_a_rotation_stay_readable(
+    tmp_path: Path, tiny_model_bytes: bytes, tiny_contract: FeatureContract
+) -> None:
+    settings = RegistrySettings(root=tmp_path)
+    with open_registry(settings) as registry:
+        register(registry, tiny_model_bytes, tiny_contract, 0.7)  # plaintext
+    with open_registry(settings, encryption=encryption(f"k1:{_K1}")) as registry:
+        register(registry, tiny_model_bytes, tiny_contract, 0.7)  # under k1
+    rotated = encryption(f"k2:{_K2},k1:{_K1}", active="k2")
+    with open_registry(settings, encryption=rotated) as registry:
+        register(registry, tiny_model_bytes, tiny_contract, 0.7)  # under k2
+        assert [registry.load_model("m", v).version for v in (1, 2, 3)] == [1, 2, 3]
+    stored = [(tmp_path / f"m/versions/00000{v}/model.ubj").read_bytes() for v in (1, 2, 3)]
+    assert stored[0] == tiny_model_bytes
+    assert open_registry(settings).artifacts.file_key("m/versions/000001", "model.ubj") is None
+    assert b"\x02k1" in stored[1][:30] and b"\x02k2" in stored[2][:30]
+    # Switched off again: new versions are plaintext, encrypted ones still read with the keys.
+    with open_registry(settings, encryption=encryption(f"k2:{_K2},k1:{_K1}", "k2", on=False)) as r:
+        register(r, tiny_model_bytes, tiny_contract, 0.7)
+        assert (tmp_path / "m/versions/000004/model.ubj").read_bytes() == tiny_model_bytes
+        assert r.load_model("m", 2).version == 2
+    retired = open_registry(settings, encryption=encryption(f"k2:{_K2}"))
+    with pytest.raises(RegistryError, match="'k1', which is not configured"):
+        retired.load_model("m", 2)
+
+
+def test_a_pickled_artifact_store_carries_no_keys(
+    tmp_path: Path, tiny_model_bytes: bytes, tiny_contract: FeatureContract
+) -> None:
+    with open_registry(
+        RegistrySettings(root=tmp_path), encryption=encryption(f"k1:{_K1}")
+    ) as registry:
+        register(registry, tiny_model_bytes, tiny_contract, 0.7)
+        meta = registry.get("m", 1)
+        file_key = registry.artifacts.file_key(meta.artifact_dir, "model.ubj")
+        with pytest.raises(RegistryError, match=r"000001/missing is missing"):
+            registry.artifacts.file_key(meta.artifact_dir, "missing")
+        shipped = pickle.dumps(registry.artifacts)
+    assert bytes(range(32)) not in shipped
+    worker = pickle.loads(shipped)
+    with pytest.raises(RegistryError, match="no encryption key is configured"):
+        worker.read(meta.artifact_dir, "model.ubj", meta.artifact_sha256)
+    data = worker.read(meta.artifact_dir, "model.ubj", meta.artifact_sha256, file_key=file_key)
+    assert data == tiny_model_bytes
+    with pytest.raises(RegistryError, match="header changed"):
+        worker.read(meta.artifact_dir, "contract.yaml", None, file_key=file_key)

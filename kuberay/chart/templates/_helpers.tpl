@@ -59,6 +59,13 @@ capabilities:
 - name: principals
   mountPath: /etc/churn/principals
   readOnly: true
+{{- range $store, $secret := .Values.secrets.tls }}
+{{- if $secret }}
+- name: tls-{{ $store }}
+  mountPath: /etc/churn/tls/{{ $store }}
+  readOnly: true
+{{- end }}
+{{- end }}
 {{- end -}}
 
 {{- define "churn.volumes" -}}
@@ -76,6 +83,15 @@ capabilities:
   secret:
     secretName: {{ .Values.secrets.principals }}
     defaultMode: 0440
+{{- range $store, $secret := .Values.secrets.tls }}
+{{- if $secret }}
+# configs/k8s.yaml names these files; 0440: libpq refuses a key that others can read.
+- name: tls-{{ $store }}
+  secret:
+    secretName: {{ $secret }}
+    defaultMode: 0440
+{{- end }}
+{{- end }}
 {{- end -}}
 
 {{/*
@@ -128,13 +144,55 @@ spec:
         # Ray's object store lives in shared memory; the container default (64 MiB) is too small.
         - name: dshm
           mountPath: /dev/shm
+        {{- if $root.Values.logShipping.enabled }}
+        # Ray's session folder (its own logs and the JSON logs of replicas and workers,
+        # configs/k8s.yaml logging.file) on a volume the Fluent Bit sidecar reads.
+        - name: ray-logs
+          mountPath: /tmp/ray
+        {{- end }}
       securityContext:
         {{- include "churn.containerSecurityContext" $root | nindent 8 }}
+    {{- if $root.Values.logShipping.enabled }}
+    {{- $ship := $root.Values.logShipping }}
+    # deploy/logging: Fluent Bit ships the Ray processes' files to Loki (request_id and job_id
+    # as structured metadata); replica and worker output never reaches the container's stdout.
+    - name: fluent-bit
+      image: {{ $ship.image }}
+      args: ["--config=/fluent-bit/etc/ray-sidecar.yaml"]
+      env:
+        - name: POD_NAME
+          valueFrom: {fieldRef: {fieldPath: metadata.name}}
+        - name: POD_NAMESPACE
+          valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
+        - name: NODE_NAME
+          valueFrom: {fieldRef: {fieldPath: spec.nodeName}}
+        - {name: LOKI_HOST, value: {{ $ship.loki.host | quote }}}
+        - {name: LOKI_PORT, value: {{ $ship.loki.port | quote }}}
+        - {name: LOKI_TENANT, value: {{ $ship.loki.tenant | quote }}}
+      resources:
+        requests: {cpu: 20m, memory: 32Mi}
+        limits: {cpu: 200m, memory: 128Mi}
+      securityContext:
+        readOnlyRootFilesystem: true
+        {{- include "churn.containerSecurityContext" $root | nindent 8 }}
+      volumeMounts:
+        - {name: ray-logs, mountPath: /tmp/ray, readOnly: true}
+        - {name: fluent-bit-ray, mountPath: /fluent-bit/etc, readOnly: true}
+        - {name: fluent-bit-state, mountPath: /fluent-bit/state}
+    {{- end }}
   volumes:
     {{- include "churn.volumes" $root | nindent 4 }}
     - name: dshm
       emptyDir:
         medium: Memory
+    {{- if $root.Values.logShipping.enabled }}
+    - name: ray-logs
+      emptyDir: {}
+    - name: fluent-bit-ray
+      configMap: {name: {{ $root.Values.logShipping.configMap }}}
+    - name: fluent-bit-state
+      emptyDir: {}
+    {{- end }}
 {{- end -}}
 
 {{/* `churn --env k8s <step>` for each step, joined by &&, quoted as Python's shlex.join. */}}
