@@ -5,7 +5,11 @@
 {{- end -}}
 
 {{- define "churn.image" -}}
-{{- printf "%s:%s" .Values.image.repository (toString .Values.image.tag) -}}
+{{- $tag := toString .Values.image.tag -}}
+{{- if has (lower $tag) (list "latest" "main" "master" "nightly" "stable") -}}
+{{- fail (printf "image.tag %q moves: pin a version (the project's is %s) or a sha256 digest, so upgrades and rollbacks mean something" $tag .Chart.AppVersion) -}}
+{{- end -}}
+{{- printf "%s:%s" .Values.image.repository $tag -}}
 {{- end -}}
 
 {{- define "churn.labels" -}}
