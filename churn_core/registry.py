@@ -46,6 +46,7 @@ import os
 import random
 import re
 import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -315,11 +316,25 @@ class PromotionResult(BaseModel):
 # --- artifacts ------------------------------------------------------------------------------
 
 
+def code_version(root: Path) -> str:
+    """The git commit of the code (``unknown`` outside a git checkout)."""
+    try:
+        return subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _display_uri(uri: str) -> str:
+def display_uri(uri: str) -> str:
     """``uri`` without user info and query (either may hold credentials)."""
     parts = urlsplit(uri)
     if not parts.scheme:
@@ -390,7 +405,7 @@ class ArtifactStore:
         """A store at a pyarrow URI (``s3://bucket/prefix``, ``file:///abs``) or a local path."""
         if not urlsplit(uri).scheme:
             uri = str(Path(uri).resolve())
-        display = _display_uri(uri)
+        display = display_uri(uri)
         try:
             filesystem, base = pafs.FileSystem.from_uri(uri)
         except (ValueError, OSError) as error:  # ArrowInvalid is a ValueError
@@ -894,7 +909,7 @@ class MongoMetadataStore:
         # Registry writes are rare and must survive a crash: acknowledged by a majority and
         # journaled (a standalone server counts as its own majority).
         db = client.get_database(database, write_concern=WriteConcern(w="majority", j=True))
-        return cls(db, client, f"{_display_uri(url)} database {database!r}")
+        return cls(db, client, f"{display_uri(url)} database {database!r}")
 
     def _collection(self, name: str) -> Collection[dict[str, Any]]:
         return self.database.get_collection(name)

@@ -744,11 +744,12 @@ class Settings(BaseSettings):
         return self.resolve(self.lake_dir) / self.dataset
 
 
-def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` laid over ``base``: mappings merged key by key, anything else replaced."""
     merged = dict(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -776,7 +777,7 @@ def load_settings(env: str | None = None, config_dir: Path | None = None) -> Set
         # pydantic-settings drops a misspelt nested variable without a word, so a typo in a
         # deployment's environment would silently run on the YAML value.
         raise ValueError("; ".join(unknown))
-    data = _deep_merge(_read_yaml(directory / "base.yaml"), _read_yaml(env_file))
+    data = deep_merge(_read_yaml(directory / "base.yaml"), _read_yaml(env_file))
     data["env"] = env
     data.setdefault("root", str(Path.cwd()))
     return Settings(**data)

@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from churn_core.settings import deep_merge
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHART_DIR = REPO_ROOT / "kuberay" / "chart"
 SERVE_CONFIG = REPO_ROOT / "configs" / "serve" / "k8s.yaml"
@@ -67,9 +69,9 @@ def load_values(files: list[Path], overrides: list[str] | None = None) -> dict[s
 
     merged: dict[str, Any] = {}
     for path in files:
-        merged = _deep_merge(merged, yaml.safe_load(path.read_text()) or {})
+        merged = deep_merge(merged, yaml.safe_load(path.read_text()) or {})
     for item in overrides or []:
-        merged = _deep_merge(merged, helm.parse_set_string(item))
+        merged = deep_merge(merged, helm.parse_set_string(item))
     return merged
 
 
@@ -331,16 +333,6 @@ def check(values: dict[str, Any], values_name: str) -> list[str]:
     problems = [f"lint: {p}" for p in lint(values)]
     rendered = render(values, values_name)
     return problems + schema_errors(rendered) + invariant_errors(rendered)
-
-
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -546,17 +546,7 @@ def _dashboard_routes(runtime: ServingRuntime) -> APIRouter:
                 for meta in reversed(versions)
             ],
             alias_history=[
-                AliasMove(
-                    alias=e.alias,
-                    action=e.action,
-                    from_version=e.from_version,
-                    to_version=e.to_version,
-                    at=e.at,
-                    actor=e.actor,
-                    reason=e.reason,
-                    forced=e.forced,
-                )
-                for e in reversed(history[-50:])
+                AliasMove.model_validate(e, from_attributes=True) for e in reversed(history[-50:])
             ],
         )
 

@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import TypeAdapter
 
+from churn_core.evaluation import CalibrationBin, LiftBin, ThresholdMetrics
 from churn_core.model import ChurnModel
 from churn_core.prediction_log import query_delta, table_exists
 from churn_core.tables import Tables
 from serve_apps.metrics import ServeMetrics
 from serve_apps.schemas import (
-    CalibrationBin,
     CurvePoints,
     DriftAlert,
     DriftHistory,
@@ -36,7 +37,6 @@ from serve_apps.schemas import (
     DriftRunSummary,
     FeatureDriftSeries,
     HistogramBucket,
-    LiftBin,
     LiveStats,
     ModelReport,
     Reason,
@@ -44,7 +44,6 @@ from serve_apps.schemas import (
     ScoredCustomer,
     ScoreHistoryPoint,
     ScoresPage,
-    ThresholdSummary,
 )
 
 # Written by training/report.py with each version (serve_apps may not import training).
@@ -403,6 +402,12 @@ def drift_history(rows: Sequence[Mapping[str, Any]]) -> DriftHistory:
     return DriftHistory(runs=ordered, features=features, alerts=alerts)
 
 
+# report.json's bins are churn_core.evaluation's records, written with dataclasses.asdict.
+_CALIBRATION = TypeAdapter(list[CalibrationBin])
+_LIFT = TypeAdapter(list[LiftBin])
+_AT_THRESHOLD = TypeAdapter(ThresholdMetrics)
+
+
 def parse_report(version: int, document: Mapping[str, Any]) -> ModelReport:
     """``report.json`` (training/report.py's layout, schema 1) as a :class:`ModelReport`."""
     evaluation: Mapping[str, Any] = document.get("evaluation") or {}
@@ -433,9 +438,9 @@ def parse_report(version: int, document: Mapping[str, Any]) -> ModelReport:
         metrics=metrics,
         roc=curve("roc_curve"),
         pr=curve("pr_curve"),
-        calibration=[CalibrationBin.model_validate(b) for b in evaluation.get("calibration", [])],
-        lift=[LiftBin.model_validate(b) for b in evaluation.get("lift", [])],
-        at_threshold=ThresholdSummary.model_validate(at_threshold) if at_threshold else None,
+        calibration=_CALIBRATION.validate_python(evaluation.get("calibration", [])),
+        lift=_LIFT.validate_python(evaluation.get("lift", [])),
+        at_threshold=_AT_THRESHOLD.validate_python(at_threshold) if at_threshold else None,
         segments=segments,
         importance=importance,
         notes=[str(n) for n in evaluation.get("notes", [])],

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from churn_core.contract import FeatureContract, FeatureSpec
+from churn_core.evaluation import CalibrationBin, LiftBin, ThresholdMetrics
 
 # Customer ids are opaque keys: a tight pattern keeps them out of injection and log trouble.
 CUSTOMER_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
@@ -272,42 +273,6 @@ class CurvePoints(BaseModel):
     y: list[float]
 
 
-class CalibrationBin(BaseModel):
-    """One equal-frequency bin of the reliability diagram."""
-
-    n: int
-    score_min: float
-    score_max: float
-    mean_score: float
-    observed_rate: float
-
-
-class LiftBin(BaseModel):
-    """One decile of the test rows ranked by score, most likely churners first."""
-
-    decile: int
-    n: int
-    positives: int
-    score_min: float
-    rate: float
-    lift: float | None
-    cumulative_capture: float | None
-    cumulative_lift: float | None
-
-
-class ThresholdSummary(BaseModel):
-    """Confusion matrix and rates at the version's decision threshold."""
-
-    threshold: float
-    tp: int
-    fp: int
-    tn: int
-    fn: int
-    precision: float | None
-    recall: float | None
-    f1: float | None
-
-
 class ModelReport(BaseModel):
     """A version's evaluation report on its test split (``report.json`` stored with it)."""
 
@@ -318,9 +283,10 @@ class ModelReport(BaseModel):
     metrics: dict[str, float]
     roc: CurvePoints | None
     pr: CurvePoints | None
+    # The evaluation's own records (churn_core.evaluation), as report.json stores them.
     calibration: list[CalibrationBin]
     lift: list[LiftBin]
-    at_threshold: ThresholdSummary | None
+    at_threshold: ThresholdMetrics | None
     # {"<segment>=<value>": {"n": ..., "roc_auc": ..., ...}}
     segments: dict[str, dict[str, float | None]]
     # {"gain" | "cover" | "weight" | "shap": {"<feature>": value}}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from churn_core.contract import FeatureContract
 from churn_core.importance import feature_importance
 from churn_core.logging import get_logger
 from churn_core.model import ChurnModel
-from churn_core.registry import ModelVersion, Registry
+from churn_core.registry import ModelVersion, Registry, code_version
 from churn_core.settings import Settings
 from churn_core.tables import Tables
 from training.data import LABEL_COLUMN, read_gold, split_gold
@@ -37,20 +36,6 @@ class TrainSummary:
     rows: dict[str, int]
     phases: dict[str, float]
     seconds: float
-
-
-def code_version(root: Path) -> str:
-    """The git commit of the code (``unknown`` outside a git checkout)."""
-    try:
-        return subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def _features_and_labels(frame: Any, contract: FeatureContract) -> tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,6 @@ retention rules. Any failure removes the temporary folder and leaves older backu
 
 from __future__ import annotations
 
-import subprocess
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,7 +31,7 @@ from churn_core.backup.retention import apply_retention
 from churn_core.backup.storage import BackupStore, BackupWriter, new_backup_id
 from churn_core.encryption import EncryptionError, load_keyring
 from churn_core.logging import get_logger
-from churn_core.registry import open_registry
+from churn_core.registry import code_version, open_registry
 from churn_core.settings import Settings
 
 log = get_logger(__name__)
@@ -72,20 +71,6 @@ def open_store(settings: Settings) -> BackupStore:
     except EncryptionError as error:
         raise BackupError(str(error)) from None
     return BackupStore.from_uri(root, keyring)
-
-
-def code_version(root: Path) -> str:
-    """The git commit of the code (``unknown`` outside a git checkout)."""
-    try:
-        return subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def _backup_delta(

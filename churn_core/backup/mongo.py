@@ -23,8 +23,9 @@ import pyarrow.fs as pafs
 
 from churn_core.backup.manifest import BackupError, FileEntry, MongoEntry
 from churn_core.backup.progress import Reporter
-from churn_core.backup.storage import BackupStore, BackupWriter, display_uri
+from churn_core.backup.storage import BackupStore, BackupWriter
 from churn_core.logging import get_logger
+from churn_core.registry import display_uri
 from churn_core.settings import Settings, TlsSettings
 from churn_core.tls import mongo_options
 

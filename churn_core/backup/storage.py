@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -55,6 +55,7 @@ from churn_core.encryption import (
     decrypt_bytes,
     encrypt_bytes,
 )
+from churn_core.registry import display_uri
 
 CHUNK = 8 * 1024 * 1024
 INCOMPLETE_PREFIX = ".incomplete-"
@@ -68,15 +69,6 @@ class _Readable(Protocol):
 
 class _Writable(Protocol):
     def write(self, data: bytes, /) -> int: ...
-
-
-def display_uri(uri: str) -> str:
-    """``uri`` without user info and query (either may hold credentials)."""
-    parts = urlsplit(uri)
-    if not parts.scheme:
-        return uri
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def new_backup_id(now: datetime | None = None) -> str:

@@ -9,6 +9,7 @@ import xgboost as xgb
 
 from churn_core.contract import FeatureContract
 from churn_core.model import ChurnModel, FeatureEncoder
+from churn_core.registry import ModelVersion, Registry
 
 TINY_CONTRACT = {
     "name": "tiny",
@@ -96,3 +97,18 @@ def tiny_model_bytes(tiny_contract: FeatureContract) -> bytes:
 @pytest.fixture
 def tiny_model(tiny_model_bytes: bytes, tiny_contract: FeatureContract) -> ChurnModel:
     return ChurnModel.from_bytes(tiny_model_bytes, tiny_contract, version=1)
+
+
+def register_tiny(
+    registry: Registry, model_bytes: bytes, contract: FeatureContract, name: str
+) -> ModelVersion:
+    """The tiny model registered as version 1 of ``name``, threshold 0.3, no metrics."""
+    return registry.register(
+        name,
+        model_bytes,
+        contract,
+        params={"threshold": 0.3},
+        metrics={},
+        lineage={},
+        feature_importance={},
+    )

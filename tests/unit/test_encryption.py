@@ -40,7 +40,7 @@ from churn_core.model import ChurnModel
 from churn_core.registry import RegistryError, open_registry
 from churn_core.settings import EncryptionSettings, RegistrySettings, load_settings
 from churn_core.tables import Tables
-from tests.unit.conftest import tiny_frame
+from tests.unit.conftest import register_tiny, tiny_frame
 
 K1 = bytes(range(32))
 K2 = bytes(range(100, 132))
@@ -304,15 +304,7 @@ def test_a_scoring_worker_decrypts_the_model_without_the_key_ring(
     frame.insert(0, "id", [f"C{i:03d}" for i in range(50)])
     write_deltalake(str(tables.gold_features), pa.Table.from_pandas(frame, preserve_index=False))
     with open_registry(RegistrySettings(root=tmp_path / "reg"), encryption=encryption) as registry:
-        meta = registry.register(
-            "churn-tiny",
-            tiny_model_bytes,
-            tiny_contract,
-            params={"threshold": 0.3},
-            metrics={},
-            lineage={},
-            feature_importance={},
-        )
+        meta = register_tiny(registry, tiny_model_bytes, tiny_contract, "churn-tiny")
         registry.set_alias("churn-tiny", "champion", meta.version)
         stored = (tmp_path / "reg" / meta.artifact_dir / "model.ubj").read_bytes()
         assert stored.startswith(MAGIC) and tiny_model_bytes[:64] not in stored

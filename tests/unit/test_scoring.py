@@ -45,7 +45,7 @@ from pipelines.scoring_publish import (
     upsert_sql,
 )
 from pipelines.scoring_ray import with_slice_columns
-from tests.unit.conftest import tiny_frame
+from tests.unit.conftest import register_tiny, tiny_frame
 
 CONTRACTS = [
     load_contract(PACKAGE_CONFIG_DIR / "contracts" / "saas.yaml"),
@@ -98,15 +98,7 @@ def test_arrow_encoding_accepts_every_string_layout(tiny_contract: FeatureContra
 @pytest.fixture
 def model_ref(tmp_path: Path, tiny_model_bytes: bytes, tiny_contract: FeatureContract) -> ModelRef:
     registry = LocalRegistry(tmp_path / "registry")
-    meta = registry.register(
-        "tiny",
-        tiny_model_bytes,
-        tiny_contract,
-        params={"threshold": 0.3},
-        metrics={},
-        lineage={},
-        feature_importance={},
-    )
+    meta = register_tiny(registry, tiny_model_bytes, tiny_contract, "tiny")
     return ModelRef(
         artifacts=registry.artifacts,
         directory=meta.artifact_dir,
@@ -252,15 +244,7 @@ def lake(
     gold = gold_batch(250).append_column("y", pa.array([0] * 250, pa.int32()))
     write_deltalake(str(tables.gold_features), gold)
     registry = LocalRegistry(tmp_path / "registry")
-    meta = registry.register(
-        "churn-tiny",
-        tiny_model_bytes,
-        tiny_contract,
-        params={"threshold": 0.3},
-        metrics={},
-        lineage={},
-        feature_importance={},
-    )
+    meta = register_tiny(registry, tiny_model_bytes, tiny_contract, "churn-tiny")
     registry.set_alias("churn-tiny", "champion", meta.version)
     return tables, registry
 
