@@ -155,7 +155,7 @@ class TlsRedis:
     def __init__(self, cert: Issued, ca: Path, *, client_certs: bool) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            pytest.skip("no redis-server (apt-get install redis-server)")
+            pytest.fail("no redis-server (apt-get install redis-server)")
         self.port = free_port()
         self.process = subprocess.Popen(
             [
@@ -298,7 +298,7 @@ class TlsPostgres:
 def tls_postgres(pki: Pki) -> Iterator[TlsPostgres]:
     binaries = _postgres_bin()
     if binaries is None:
-        pytest.skip("no PostgreSQL server binaries under /usr/lib/postgresql")
+        pytest.fail("no PostgreSQL server binaries under /usr/lib/postgresql")
     as_postgres: list[str] = []
     folder = Path(tempfile.mkdtemp(prefix="churn-pg-tls-"))
     if os.geteuid() == 0:
@@ -434,7 +434,7 @@ def tls_mongo(pki: Pki) -> Iterator[str]:
     try:
         binary = secantus_binary()
     except FileNotFoundError as error:
-        pytest.skip(str(error))
+        pytest.fail(str(error))
     port = free_port()
     storage = Path(tempfile.mkdtemp(prefix="churn-mongo-tls-"))
     process = subprocess.Popen(
