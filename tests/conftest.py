@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,11 +28,22 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
+# Below Linux's ephemeral range (32768-60999): a port asked of the kernel (bind to 0) comes from
+# that range, where the many connections and listeners Ray opens during a session can take it
+# before the server it was meant for binds it (seen: HAProxy's metrics port, minutes later).
+_PORTS = range(20000, 32000)
+
+
 def free_port() -> int:
-    """A loopback TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback TCP port nobody listens on right now, outside the ephemeral range."""
+    for port in random.sample(_PORTS, 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port in 20000-32000")
 
 
 def make_settings(base: Path, **updates: object) -> Settings:
